@@ -78,10 +78,6 @@ def load(raw: bytes, path: str) -> Document:
                                     f"byte 0x{raw[exc.start]:02x} is not UTF-8",
                                     "save the plan as UTF-8"))
         return doc
-    if not doc.text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in doc.text.splitlines()):
-        doc.problems.append(Problem(path, 1, 1, "PLN001", "the plan is empty",
-                                    "write at least `version: 1`, `device` and `components`"))
-        return doc
     try:
         node = _Loader(doc.text).get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -180,6 +176,9 @@ def _yaml_problem(doc: Document, exc: yaml.MarkedYAMLError) -> Problem:
     if "expected a single document" in problem or "but found another document" in str(exc):
         return Problem(doc.path, line, column, "PLN005", "the file holds several YAML documents",
                        "keep one plan per file and remove the `---` separator")
+    if "nesting depth" in problem:  # libyaml's own limit, far above ours
+        return Problem(doc.path, line, column, "PLN007", "the document nests too deeply",
+                       f"a plan needs no more than {MAX_DEPTH} levels")
     context = f" {exc.context}" if exc.context else ""
     return Problem(doc.path, line, column, "PLN003", f"YAML syntax error:{context} {problem}".replace("  ", " "),
                    "fix the YAML at this place")

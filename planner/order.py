@@ -25,6 +25,14 @@ def order(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> tuple[str, 
     return tuple(nx.lexicographical_topological_sort(graph(names, edges), key=rank.__getitem__))
 
 
+def resolve(names: Sequence[str], edges: Sequence[tuple[str, str]]) -> tuple[tuple[str, ...] | None, list]:
+    """(the order, []) for a DAG, or (None, its cycles) when it has any: one graph walk in the common case."""
+    try:
+        return order(names, edges), []
+    except nx.NetworkXUnfeasible:
+        return None, cycles(names, edges)
+
+
 def cycles(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> list[tuple[str, ...]]:
     """One cycle per strongly connected group of components, as a closed path in running order
     (`("unet", "vae", "unet")`), starting at the group's first declared name; self-loops are not included."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from planner import order
+from planner.fastschema import compile_schema
 from planner.loader import Document
 from planner.plan import Plan, Problem
 
@@ -83,15 +84,24 @@ def schema_text() -> str:
 
 
 @lru_cache(maxsize=1)
+def _schema() -> dict:
+    return json.loads(schema_text())
+
+
+@lru_cache(maxsize=1)
+def _fast_check():
+    return compile_schema(_schema())
+
+
+@lru_cache(maxsize=1)
 def _validator():
+    # imported here: a valid plan never needs jsonschema (see fastschema), and its import is most of a run's cost
     import jsonschema
 
-    schema = json.loads(schema_text())
     # JSON Schema counts 1.0 as an integer; a plan must not (a gpu_id of 1.0 is no device index).
     strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
-    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)
-    return validator(schema), schema
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(_schema())
 
 
 def check_document(doc: Document, overrides: Mapping[str, object] | None = None) -> tuple[Plan | None, list[Problem]]:
@@ -145,16 +155,19 @@ class _Checker:
         self.device()
         names, edges = self.components()
         self.exclude(names)
-        if self.problems:
+        sequence = self.sequence(names, edges)
+        if self.problems or sequence is None:
             return None
-        return self.plan(names, edges)
+        return self.plan(sequence, edges)
 
     def schema(self) -> None:
-        validator, schema = _validator()
-        for err in validator.iter_errors(self.data):
-            self.schema_error(err, schema)
+        valid = _fast_check()
+        if valid is not None and valid(self.data):
+            return  # the common case; jsonschema runs only to explain what is wrong
+        for err in _validator().iter_errors(self.data):
+            self.schema_error(err)
 
-    def schema_error(self, err, schema) -> None:
+    def schema_error(self, err) -> None:
         path = tuple(err.absolute_path)
         name = ".".join(str(p) for p in path) or "the plan"
         if err.validator == "additionalProperties":
@@ -247,11 +260,16 @@ class _Checker:
             for name, spec in comps.items():
                 after = spec.get("after") if isinstance(spec, dict) else None
                 edges += self.after_edges(name, after if isinstance(after, list) else [], names)
-        for cycle in order.cycles(names, edges):
+        return names, edges
+
+    def sequence(self, names: list[str], edges: list[tuple[str, str]]) -> tuple[str, ...] | None:
+        sequence, cycles = order.resolve(names, edges)
+        comps = self.data.get("components")
+        for cycle in cycles:
             at = ("components", cycle[0], "after", comps[cycle[0]]["after"].index(cycle[-2]))
             self.add(at, "PLN211", f"components form a cycle: {' -> '.join(cycle)}",
                      "remove one of these `after` entries")
-        return names, edges
+        return sequence
 
     def after_edges(self, name: str, after: list, names: list[str]) -> list[tuple[str, str]]:
         edges, seen = [], set()
@@ -285,7 +303,7 @@ class _Checker:
                          f"keep {name!r} in components (offloaded) or in exclude (kept on the device), not both")
             seen.add(name)
 
-    def plan(self, names: list[str], edges: list[tuple[str, str]]) -> Plan:
+    def plan(self, sequence: tuple[str, ...], edges: list[tuple[str, str]]) -> Plan:
         data, pipeline = self.data, self.data.get("pipeline") or {}
         locations = {}
         for path, mark in self.doc.key_marks.items():
@@ -298,7 +316,7 @@ class _Checker:
                 locations[f"components.{name}"] = self.doc.marks.get(("components", i), (0, 0))
         return Plan(
             path=self.doc.path, version=data["version"], device=data["device"], gpu_id=data.get("gpu_id"),
-            sequence=order.order(names, edges), exclude=frozenset(data.get("exclude") or ()),
+            sequence=sequence, exclude=frozenset(data.get("exclude") or ()),
             edges=tuple(edges), policy=data.get("policy", "chain"),
             pipeline_class=pipeline.get("class"), pipeline_source=pipeline.get("source"),
             torch_dtype=pipeline.get("torch_dtype"), variant=pipeline.get("variant"), locations=locations,

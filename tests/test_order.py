@@ -1,0 +1,40 @@
+import networkx as nx
+import pytest
+
+from planner import order
+
+
+def test_ties_follow_declaration_order():
+    assert order.order(["b", "a", "c"], [("b", "c"), ("a", "c")]) == ("b", "a", "c")
+
+
+def test_reverse_declared_dag_resolves_in_dependency_order():
+    names = ["vae", "unet", "text_encoder_2", "text_encoder"]
+    edges = [("unet", "vae"), ("text_encoder", "unet"), ("text_encoder_2", "unet")]
+    assert order.order(names, edges) == ("text_encoder_2", "text_encoder", "unet", "vae")
+
+
+def test_order_is_deterministic():
+    names = [f"c{i}" for i in range(30)]
+    edges = [(names[i], names[j]) for i in range(30) for j in range(i + 1, 30) if (i * j) % 7 == 1]
+    assert len({order.order(names, edges) for _ in range(20)}) == 1
+
+
+def test_cycle_is_reported_with_its_path():
+    assert order.cycles(["unet", "vae"], [("unet", "vae"), ("vae", "unet")]) == [("unet", "vae", "unet")]
+
+
+def test_cycle_path_starts_at_first_declared_and_closes():
+    names = ["x", "a", "b", "c"]
+    edges = [("x", "a"), ("a", "b"), ("b", "c"), ("c", "a")]
+    assert order.cycles(names, edges) == [("a", "b", "c", "a")]
+
+
+def test_two_separate_cycles_are_both_reported():
+    edges = [("a", "b"), ("b", "a"), ("c", "d"), ("d", "c")]
+    assert order.cycles(["a", "b", "c", "d"], edges) == [("a", "b", "a"), ("c", "d", "c")]
+
+
+def test_order_refuses_a_cycle():
+    with pytest.raises(nx.NetworkXUnfeasible):
+        order.order(["a", "b"], [("a", "b"), ("b", "a")])
