@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--seed", type=int, default=0)
     apply.add_argument("--height", type=_positive)
     apply.add_argument("--width", type=_positive)
+    apply.add_argument("--image", help="an input image for pipelines that take one (ControlNet, img2img)")
     apply.add_argument("--calls", type=_positive, default=1, help="pipeline calls to make (default 1)")
     apply.add_argument("--out", help="write the last image here (PNG)")
     apply.add_argument("--device", help="override the plan's device")
@@ -54,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="install the same hooks with the CPU as execution device and trace what would move")
     apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON")
     apply.set_defaults(run=_apply)
+
+    tiny = sub.add_parser("tiny", help="build a tiny random-weight pipeline folder (offline) to try plans on")
+    tiny.add_argument("kind", choices=["sd", "sdxl", "controlnet"])
+    tiny.add_argument("folder")
+    tiny.set_defaults(run=_tiny)
     return parser
 
 
@@ -118,6 +124,13 @@ def _apply(args, parser) -> int:
     except PlanError as exc:
         return _fail(exc.problems)
     sys.stdout.write(report)
+    return 0
+
+
+def _tiny(args, parser) -> int:
+    from planner.executor import tiny
+
+    print(f"tiny {args.kind} pipeline in {tiny.build(args.kind, args.folder)}")
     return 0
 
 

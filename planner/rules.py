@@ -62,6 +62,7 @@ RULES = {r.id: r for r in (
     Rule("PLN302", "a pipeline that cannot be offloaded as planned (device map, offloading already active)", "reset the pipeline first, as the message says"),
     Rule("PLN303", "a device that is not present (no accelerator, `gpu_id` beyond the device count)", "run with --dry-run, or pick a present device"),
     Rule("PLN304", "a pipeline that cannot be loaded (missing folder, unknown class)", "check `pipeline.source` and `pipeline.class`"),
+    Rule("PLN305", "a pipeline call that failed under `planner apply`", "check the generation arguments"),
 )}
 
 # Device types torch knows as accelerators; kept here so that validating never imports torch.
