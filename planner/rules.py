@@ -105,6 +105,31 @@ def _validator():
     return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(_schema())
 
 
+def device_problems(device, gpu_id) -> list[tuple[str, str, str, str]]:
+    """(key, rule, message, fix) for a device and gpu_id that cannot be a plan's target. A malformed device
+    string is PLN203, as in the schema. Shared by the rules and the executor, which
+    re-checks a `Plan` built by hand."""
+    if device is None:
+        return []  # missing: PLN103
+    match = _DEVICE.match(device) if isinstance(device, str) else None
+    if not match:  # in a file the schema says so too, at the same place: the two are reported once
+        return [("device", "PLN203", f"device {device!r} is not a device string",
+                 "write a device type, optionally indexed: cuda, cuda:1, xpu, mps")]
+    found = []
+    kind, index = match.groups()
+    if kind in NOT_TARGETS:
+        found.append(("device", "PLN202", f"device {device!r} cannot be an offload target",
+                      "write device: cuda (or xpu, mps, ...)"))
+    elif kind not in ACCELERATORS:
+        hint = difflib.get_close_matches(kind, ACCELERATORS, n=1)
+        found.append(("device", "PLN203", f"unknown device type {kind!r}",
+                      f"did you mean {hint[0]!r}?" if hint else f"write one of {', '.join(ACCELERATORS[:8])}, ..."))
+    if index is not None and isinstance(gpu_id, int) and not isinstance(gpu_id, bool):
+        found.append(("gpu_id", "PLN205", f"gpu_id {gpu_id} is given together with the indexed device {device!r}",
+                      f"keep one: `device: {kind}` with `gpu_id: {gpu_id}`, or `device: {device}` alone"))
+    return found
+
+
 def check_document(doc: Document, overrides: Mapping[str, object] | None = None) -> tuple[Plan | None, list[Problem]]:
     """Validate a loaded document (schema, then plan rules) and build its `Plan` when nothing is wrong."""
     if doc.data is None:
@@ -226,21 +251,8 @@ class _Checker:
                      "remove device_map; the plan offloads whole components", key=True)
 
     def device(self) -> None:
-        device, gpu_id = self.data.get("device"), self.data.get("gpu_id")
-        match = _DEVICE.match(device) if isinstance(device, str) else None
-        if not match:
-            return  # a malformed string is the schema's (PLN203)
-        kind, index = match.groups()
-        if kind in NOT_TARGETS:
-            self.add(("device",), "PLN202", f"device {device!r} cannot be an offload target",
-                     "write device: cuda (or xpu, mps, ...)")
-        elif kind not in ACCELERATORS:
-            hint = difflib.get_close_matches(kind, ACCELERATORS, n=1)
-            self.add(("device",), "PLN203", f"unknown device type {kind!r}",
-                     f"did you mean {hint[0]!r}?" if hint else f"write one of {', '.join(ACCELERATORS[:8])}, ...")
-        if index is not None and isinstance(gpu_id, int) and not isinstance(gpu_id, bool):
-            self.add(("gpu_id",), "PLN205", f"gpu_id {gpu_id} is given together with the indexed device {device!r}",
-                     f"keep one: `device: {kind}` with `gpu_id: {gpu_id}`, or `device: {device}` alone")
+        for key, rule, message, fix in device_problems(self.data.get("device"), self.data.get("gpu_id")):
+            self.add((key,), rule, message, fix)
 
     def components(self) -> tuple[list[str], list[tuple[str, str]]]:
         comps = self.data.get("components")

@@ -17,6 +17,7 @@ import torch
 
 from planner.executor import devices
 from planner.plan import Plan, PlanError, Problem, load_plan
+from planner.rules import device_problems
 from planner.trace import Trace
 
 # Instance attributes the handle shadows while it is applied, and diffusers' offload state it overwrites.
@@ -62,6 +63,9 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False) -> "AppliedPlan":
     """
     if not isinstance(plan, Plan):
         plan = load_plan(plan)
+    problems = [plan.problem(*found) for found in device_problems(plan.device, plan.gpu_id)]
+    if problems:  # a Plan built by hand skipped the rules
+        raise PlanError(problems)
     target = devices.target(plan)
     problems = preflight(pipe, plan, target, dry_run)
     if problems:
@@ -144,15 +148,13 @@ class AppliedPlan:
         self._reinstall()
 
     def _maybe_free(self) -> None:
-        """Stands in for `pipe.maybe_free_model_hooks`: diffusers' own, then the call is over for the trace."""
+        """Stands in for `pipe.maybe_free_model_hooks`: diffusers' own (which re-installs through `_enable`),
+        and the call is over for the trace. Where diffusers would skip the re-install (no hooks at all), it
+        re-installs anyway, so that a call always ends with only the exclusions on the device."""
         self._ending = True
-        try:
-            type(self.pipe).maybe_free_model_hooks(self.pipe)
-        finally:
-            if self._ending:  # no hooks to re-install (every planned component is None): still a call's end
-                self._ending = False
-                self.trace.offload_all()
-                self.trace.end_call()
+        type(self.pipe).maybe_free_model_hooks(self.pipe)
+        if self._ending:
+            self._reinstall()
 
     def _reinstall(self) -> None:
         pipe, trace = self.pipe, self.trace
