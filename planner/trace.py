@@ -8,10 +8,11 @@ modules already where they should be.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     call: int  # 1-based pipeline call the event belongs to
     event: str  # "load" (host to device) or "offload" (device to host)
@@ -20,7 +21,7 @@ class Event:
     device: str  # the device the component was loaded to or offloaded from
 
 
-@dataclass
+@dataclass(slots=True)
 class CallStats:
     call: int
     loaded_bytes: int = 0
@@ -31,12 +32,17 @@ class CallStats:
 
 @dataclass
 class Trace:
+    """Events and per-call figures of the last `keep_calls` calls (older ones are dropped at the end of a call,
+    and counted in `dropped_calls`), so that a plan applied for days does not grow without bound."""
+
     device: str
     sizes: dict[str, int] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
+    events: deque = field(default_factory=deque)
     resident: set[str] = field(default_factory=set)
     call: int = 1
     calls: dict[int, CallStats] = field(default_factory=dict)
+    keep_calls: int = 1000
+    dropped_calls: int = 0
 
     def load(self, component: str) -> None:
         if component not in self.resident:
@@ -56,12 +62,21 @@ class Trace:
     def end_call(self) -> None:
         self._stats()
         self.call += 1
+        oldest = self.call - self.keep_calls
+        while self.events and self.events[0].call < oldest:
+            self.events.popleft()
+        for call in [c for c in self.calls if c < oldest]:
+            del self.calls[call]
+            self.dropped_calls += 1
 
     def resident_bytes(self) -> int:
         return sum(self.sizes.get(c, 0) for c in self.resident)
 
     def _stats(self) -> CallStats:
-        return self.calls.setdefault(self.call, CallStats(self.call))
+        stats = self.calls.get(self.call)
+        if stats is None:
+            stats = self.calls[self.call] = CallStats(self.call)
+        return stats
 
     def _record(self, kind: str, component: str) -> None:
         size = self.sizes.get(component, 0)
@@ -74,6 +89,6 @@ class Trace:
             stats.offloaded_bytes += size
 
     def to_json(self) -> dict:
-        return {"device": self.device, "components": dict(self.sizes),
+        return {"device": self.device, "components": dict(self.sizes), "dropped_calls": self.dropped_calls,
                 "events": [asdict(e) for e in self.events],
                 "calls": [asdict(s) for _, s in sorted(self.calls.items())]}

@@ -101,8 +101,9 @@ def test_plan_pipeline_mismatch_is_located(tiny_pipelines, tmp_path, capsys):
 
 
 def test_failing_call_is_one_line(tiny_pipelines, capsys):
-    code, _, err = run(capsys, "apply", EXAMPLE, "--source", tiny_pipelines["sd"], "--dry-run", "--height", 7)
-    assert code == 1 and "PLN305 the pipeline call failed: ValueError" in err and "Traceback" not in err
+    code, _, err = run(capsys, "apply", EXAMPLE, "--source", tiny_pipelines["sd"], "--dry-run", "--image", EXAMPLE)
+    assert code == 1 and "PLN305 the pipeline call failed: UnidentifiedImageError" in err
+    assert "Traceback" not in err
 
 
 def test_plan_without_source(tmp_path, capsys):

@@ -31,3 +31,13 @@ def test_the_trace_module_is_pure():
 
     code = "import sys, planner.trace; print([m for m in ('torch', 'diffusers') if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_only_the_last_keep_calls_calls_are_kept():
+    trace = Trace("cuda:0", sizes={"a": 10}, keep_calls=2)
+    for _ in range(5):
+        trace.load("a")
+        trace.offload("a")
+        trace.end_call()
+    assert {e.call for e in trace.events} == {4, 5}
+    assert sorted(trace.calls) == [4, 5] and trace.dropped_calls == 3
