@@ -96,6 +96,7 @@ def main() -> None:
     print(f"hooks installed after each of {args.calls} calls: {sorted(hooks)} (constant: {len(hooks) == 1})")
     print(f"resident memory: {rss[0][1]:.1f} MiB after {rss[0][0]} calls, {rss[-1][1]:.1f} MiB after {rss[-1][0]}; "
           f"growth {slope:+.3f} MiB per 100 calls once the trace holds its last {args.keep_calls} calls")
+    print("resident MiB by calls: " + ", ".join(f"{c}: {m:.1f}" for c, m in rss))
     print(f"median time per call: plan {t_ours * 1000:.2f} ms, diffusers {t_theirs * 1000:.2f} ms")
     print(f"plan / diffusers = {t_ours / t_theirs:.3f}  (goal <= 1.05)")
 

@@ -396,3 +396,41 @@ def test_failure_while_replacing_a_plan_restores_the_previous_one(tiny_pipelines
         planner.apply(pipe, write_plan(tmp_path, ["unet", "vae"], name="b.yaml"), dry_run=True)
     assert pipe.model_cpu_offload_seq == "text_encoder->unet->vae"
     assert chain(pipe) == [("text_encoder", None), ("unet", "text_encoder"), ("vae", "unet")]
+
+
+# -- on a real accelerator (skipped on CPU-only machines such as CI) ------------------------------------------
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@gpu
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "controlnet"])
+def test_on_gpu_hooks_equal_diffusers_and_only_exclusions_stay(kind, tiny_pipelines, tmp_path):
+    ours, theirs = load(tiny_pipelines[kind]), load(tiny_pipelines[kind])
+    applied = planner.apply(ours, class_plan(tmp_path, ours))
+    theirs.enable_model_cpu_offload(device="cuda")
+    assert hooks_of(ours) == hooks_of(theirs)
+    for call in (1, 2, 3):
+        a = ours(**call_kwargs(kind)).images
+        b = theirs(**call_kwargs(kind)).images
+        assert (a == b).all()
+        on_device = {n for n, m in ours.components.items() if isinstance(m, torch.nn.Module)
+                     and next(m.parameters()).device.type == "cuda"}
+        assert on_device == set(ours.components) & applied.plan.exclude
+        assert applied.trace.resident == on_device and applied.trace.call == call + 1
+    assert hooks_of(ours) == hooks_of(theirs)
+
+
+@gpu
+def test_on_gpu_trace_follows_real_transfers(tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]))
+    where = []  # the device of each model's weights when the next model starts (torch pre-hooks run first)
+    for name in ("unet", "vae"):
+        getattr(pipe, name).register_forward_pre_hook(
+            lambda m, a, name=name: where.append((name, str(next(pipe.text_encoder.parameters()).device))))
+    pipe(**call_kwargs("sd"))
+    assert where[0] == ("unet", "cuda:0")  # text_encoder is still there when the unet starts; its hook moves it
+    assert [(e.event, e.component) for e in applied.trace.events] == [
+        ("load", "text_encoder"), ("offload", "text_encoder"), ("load", "unet"), ("offload", "unet"),
+        ("load", "vae"), ("offload", "vae")]
+    assert all(next(m.parameters()).device.type == "cpu" for m in (pipe.text_encoder, pipe.unet, pipe.vae))
