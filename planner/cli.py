@@ -128,8 +128,9 @@ def _apply(args, parser) -> int:
 
 
 def _tiny(args, parser) -> int:
-    from planner.executor import tiny
+    from planner.executor import generate, tiny
 
+    generate.quiet()
     print(f"tiny {args.kind} pipeline in {tiny.build(args.kind, args.folder)}")
     return 0
 

@@ -285,36 +285,30 @@ def test_hand_built_plan_with_gpu_id_and_indexed_device_is_rejected(tiny_pipelin
     rejected(pipe, plan, "PLN205", "gpu_id 1 is given together with the indexed device 'cuda:1'", dry_run=True)
 
 
-def test_pipeline_device_map_is_rejected(tiny_pipelines, tmp_path):
-    pipe = load(tiny_pipelines["sd"])
+def _device_mapped(pipe):
     pipe.hf_device_map = {"unet": "cuda:0", "text_encoder": "cuda:1"}
-    rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN302", "device_map", dry_run=True)
 
 
-def test_component_dispatched_over_several_devices_is_rejected(tiny_pipelines, tmp_path):
-    pipe = load(tiny_pipelines["sd"])
+def _unet_spread(pipe):
     pipe.unet.hf_device_map = {"down_blocks": 0, "up_blocks": 1}
-    rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN302", "'unet' is dispatched over several devices",
-             dry_run=True)
 
 
-def test_sequential_offload_is_rejected(tiny_pipelines, tmp_path):
-    pipe = load(tiny_pipelines["sd"])
-    pipe.enable_sequential_cpu_offload(device="cpu")
-    rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN302", "sequential CPU offload", dry_run=True)
-
-
-def test_group_offload_is_rejected(tiny_pipelines, tmp_path):
-    pipe = load(tiny_pipelines["sd"])
+def _group_offloaded(pipe):
     pipe.unet.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
                                    num_blocks_per_group=1)
-    rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN302", "group offloading", dry_run=True)
 
 
-def test_diffusers_model_offload_already_on_is_rejected(tiny_pipelines, tmp_path):
+@pytest.mark.parametrize("setup, text", [
+    (_device_mapped, "the pipeline was loaded with a device_map"),
+    (_unet_spread, "'unet' is dispatched over several devices"),
+    (lambda pipe: pipe.enable_sequential_cpu_offload(device="cpu"), "sequential CPU offload"),
+    (_group_offloaded, "group offloading is active"),
+    (lambda pipe: pipe.enable_model_cpu_offload(device="cpu"), "call pipe.remove_all_hooks() first"),
+], ids=["device-map", "component-spread", "sequential", "group", "diffusers-model-offload"])
+def test_pipeline_already_mapped_or_offloaded_is_rejected(setup, text, tiny_pipelines, tmp_path):
     pipe = load(tiny_pipelines["sd"])
-    pipe.enable_model_cpu_offload(device="cpu")
-    rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN302", "pipe.remove_all_hooks()", dry_run=True)
+    setup(pipe)
+    rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN302", text, dry_run=True)
 
 
 def test_unknown_component_names_the_pipelines_components(tiny_pipelines, tmp_path):

@@ -41,7 +41,7 @@ def run(plan: Plan, request: Request) -> str:
     a call that fails."""
     from planner.executor.applied import apply
 
-    _quiet()
+    quiet()
     pipe = load_pipeline(plan, request.source)
     pipe.set_progress_bar_config(disable=True)
     applied = apply(pipe, plan, dry_run=request.dry_run)
@@ -174,7 +174,7 @@ def summary(applied, request: Request) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _quiet() -> None:
+def quiet() -> None:
     """The CLI prints its own summary: no progress bars, and only errors from transformers and diffusers."""
     import diffusers
     import transformers
