@@ -199,9 +199,6 @@ class _Checker:
         if err.validator == "additionalProperties":
             allowed = sorted(err.schema.get("properties", {}))
             for extra in sorted(set(err.instance) - set(allowed)):
-                rule = _RULE_OF_KEY.get(extra) if not path else None
-                if rule == "PLN206":
-                    continue  # reported below with its own message
                 hint = difflib.get_close_matches(extra, allowed, n=1)
                 fix = f"did you mean {hint[0]!r}?" if hint else f"allowed keys: {', '.join(allowed)}"
                 self.add(path + (extra,), "PLN101", f"unknown key {extra!r} in {name}", fix, key=True)
