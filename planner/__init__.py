@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name in ("apply", "AppliedPlan"):
-        from planner import executor
+        from planner.executor import applied
 
-        return getattr(executor, name)
+        return getattr(applied, name)
     raise AttributeError(f"module 'planner' has no attribute {name!r}")

@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from planner.executor.tiny import KINDS  # a constant: importing it loads no torch
 from planner.plan import PlanError, Problem, check, load_plan
+from planner.report import FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check plan files (CI, pre-commit)")
     validate.add_argument("paths", nargs="+", metavar="PATH", help="plan files, or folders to search for *.yaml/*.yml")
-    validate.add_argument("--format", default="text", choices=["text", "json", "github", "junit", "sarif"])
+    validate.add_argument("--format", default="text", choices=list(FORMATS))
     validate.set_defaults(run=_validate)
 
     show = sub.add_parser("show", help="print a plan's resolved sequence, device and exclusions")
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.set_defaults(run=_apply)
 
     tiny = sub.add_parser("tiny", help="build a tiny random-weight pipeline folder (offline) to try plans on")
-    tiny.add_argument("kind", choices=["sd", "sdxl", "controlnet"])
+    tiny.add_argument("kind", choices=KINDS)
     tiny.add_argument("folder")
     tiny.set_defaults(run=_tiny)
     return parser
@@ -84,8 +86,6 @@ def _plan_files(paths: list[str], parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _validate(args, parser) -> int:
-    from planner.report import FORMATS
-
     files = _plan_files(args.paths, parser)
     problems = [p for f in files for p in check(f)]
     sys.stdout.write(FORMATS[args.format](problems, files))

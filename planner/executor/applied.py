@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+from accelerate.hooks import CpuOffload
 
 from planner.executor import devices
 from planner.plan import Plan, PlanError, Problem, load_plan
@@ -41,7 +42,7 @@ class _Snapshot:
         return cls(attributes, {name: _device_of(m) for name, m in _modules(pipe).items()})
 
     def restore(self, pipe) -> None:
-        _remove_hooks(pipe)
+        type(pipe).remove_all_hooks(pipe)  # diffusers' own; the `_all_hooks` it resets is restored below
         for name, value in self.attributes.items():
             if value is _MISSING:
                 pipe.__dict__.pop(name, None)
@@ -246,10 +247,10 @@ def _state_problem(pipe, plan: Plan) -> Problem | None:
             hook = getattr(sub, "_hf_hook", None)
             if hook is None or getattr(hook, "_planner_owner", None) is not None:
                 continue
-            if sub is module and type(hook).__name__ == "CpuOffload" and mine is None:
+            if sub is module and isinstance(hook, CpuOffload) and mine is None:
                 return plan.problem(where, "PLN302", "model CPU offload is already enabled on this pipeline "
                                     "by diffusers", "call pipe.remove_all_hooks() first; the plan replaces it")
-            if type(hook).__name__ != "CpuOffload":
+            if not isinstance(hook, CpuOffload):
                 return plan.problem(where, "PLN302", f"sequential CPU offload (or another accelerate hook: "
                                     f"{type(hook).__name__}) is active on {name!r}",
                                     "call pipe.remove_all_hooks() first")
@@ -276,10 +277,3 @@ def _bytes(module) -> int:
         seen[id(tensor)] = tensor.numel() * tensor.element_size()
     return sum(seen.values())
 
-
-def _remove_hooks(pipe) -> None:
-    from accelerate.hooks import remove_hook_from_module
-
-    for module in _modules(pipe).values():
-        if hasattr(module, "_hf_hook"):
-            remove_hook_from_module(module, recurse=True)
