@@ -57,7 +57,7 @@ def main() -> None:
             return time.perf_counter() - start, torch.cuda.max_memory_allocated()
 
         ours, theirs = [], []
-        for i in range(args.images // 10):
+        for _i in range(args.images // 10):
             pipe.enable_model_cpu_offload(device="cuda")
             theirs += [measure(pipe) for _ in range(10)]
             pipe.remove_all_hooks()

@@ -90,7 +90,7 @@ def main() -> None:
                 if (i + 1) % args.block == 0:
                     rss.append((i + 1, rss_mib()))
     steady = [(c, m) for c, m in rss if c > args.keep_calls + args.block]
-    slope = statistics.linear_regression(*zip(*steady)).slope * 100 if len(steady) > 1 else float("nan")
+    slope = statistics.linear_regression(*zip(*steady, strict=False)).slope * 100 if len(steady) > 1 else float("nan")
     t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
     print(f"tiny {args.kind}, {len(ours)} calls each, device {args.device}{' (dry run)' if dry_run else ''}")
     print(f"hooks installed after each of {args.calls} calls: {sorted(hooks)} (constant: {len(hooks) == 1})")

@@ -37,7 +37,7 @@ def write_plans(folder: Path, count: int) -> list[str]:
         names = [f"text_encoder_{k}" for k in range(n - 2)] + ["unet", "vae"]
         lines = ["# yaml-language-server: $schema=../schemas/plan.schema.json", "version: 1", "pipeline:",
                  f"  class: Pipeline{i}", f"  source: org/model-{i}", "  torch_dtype: float16",
-                 f"device: cuda", f"gpu_id: {i % 4}", "components:"]
+                 "device: cuda", f"gpu_id: {i % 4}", "components:"]
         for k, name in enumerate(names[:-2]):
             lines.append(f"  {name}: {{after: [{names[k - 1]}]}}" if k else f"  {name}: {{}}")
         lines.append(f"  unet: {{after: [{', '.join(names[:-2])}]}}")

@@ -4,10 +4,9 @@ import sys
 from xml.etree import ElementTree as ET
 
 import pytest
+from conftest import DATA, ROOT
 
 from planner.cli import main
-
-from conftest import DATA, ROOT
 
 BAD = DATA / "bad"
 GOOD = DATA / "good"

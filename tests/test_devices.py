@@ -4,10 +4,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import DATA  # noqa: E402
+
 import planner  # noqa: E402
 from planner.executor import devices  # noqa: E402
-
-from conftest import DATA  # noqa: E402
 
 
 def plan(**changes):

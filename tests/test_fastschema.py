@@ -1,12 +1,11 @@
 """The compiled predicate must agree with jsonschema (the authority) on every document."""
 
+from conftest import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner import loader, rules
 from planner.fastschema import compile_schema
-
-from conftest import DATA
 
 
 def agree(data):

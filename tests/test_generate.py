@@ -3,10 +3,9 @@
 import json
 
 import pytest
+from conftest import ROOT
 
 from planner.cli import main
-
-from conftest import ROOT
 
 pytest.importorskip("diffusers")
 EXAMPLE = ROOT / "plans" / "examples" / "tiny-sd.yaml"

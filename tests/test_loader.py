@@ -31,7 +31,7 @@ def test_python_tags_are_never_constructed(tmp_path):
 
 def test_billion_laughs_is_refused_quickly():
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for prev, name in zip("abcdefghi", "bcdefghij"):
+    for prev, name in zip("abcdefghi", "bcdefghij", strict=False):
         lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
     start = time.perf_counter()
     doc = loader.load("\n".join(lines).encode(), "p.yaml")

@@ -1,11 +1,10 @@
 import dataclasses
 
 import pytest
+from conftest import DATA
 
 import planner
 from planner.plan import Problem
-
-from conftest import DATA
 
 
 def test_plan_is_frozen_and_compares_by_value():

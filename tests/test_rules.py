@@ -1,15 +1,12 @@
 """The bad-plan corpus (actionlint style): every tests/data/bad/NAME.yaml sits beside NAME.out, the exact
 problems it must produce; good plans sit beside NAME.seq, their resolved sequence."""
 
-import os
-from pathlib import Path
 
 import pytest
+from conftest import DATA, ROOT
 
 import planner
 from planner.rules import RULES
-
-from conftest import DATA, ROOT
 
 BAD = sorted((DATA / "bad").glob("*.yaml"))
 GOOD = sorted((DATA / "good").glob("*.yaml"))
