@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _progress import progress  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -29,8 +31,10 @@ def main() -> None:
         print("no CUDA device: nothing to measure here (run this on a machine with a GPU)")
         return
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    progress("GPU tests (pytest -k on_gpu)")
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-k", "on_gpu", str(ROOT / "tests")])
     print(f"GPU tests exit status: {tests.returncode}")
+    progress("soak on cuda (benchmarks/soak.py --device cuda)")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--device", "cuda"])
 
     from diffusers import DiffusionPipeline
@@ -57,7 +61,8 @@ def main() -> None:
             return time.perf_counter() - start, torch.cuda.max_memory_allocated()
 
         ours, theirs = [], []
-        for _i in range(args.images // 10):
+        for i in range(args.images // 10):
+            progress(f"tiny SDXL: images {i * 10 + 1}-{i * 10 + 10} of {args.images // 10 * 10}, each way")
             pipe.enable_model_cpu_offload(device="cuda")
             theirs += [measure(pipe) for _ in range(10)]
             pipe.remove_all_hooks()

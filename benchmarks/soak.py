@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _progress import progress  # noqa: E402
+
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -73,6 +75,7 @@ def main() -> None:
         ours, theirs = [], []
         block(pipe, 5)  # warm up
         for i in range(0, args.calls, args.block):
+            progress(f"timing: calls {i + 1}-{min(i + args.block, args.calls)} of {args.calls}, each way")
             n = min(args.block, args.calls - i)
             pipe.enable_model_cpu_offload(device=args.device)
             theirs += block(pipe, n)
@@ -89,6 +92,7 @@ def main() -> None:
                 hooks.add(hooks_installed(pipe))
                 if (i + 1) % args.block == 0:
                     rss.append((i + 1, rss_mib()))
+                    progress(f"soak: {i + 1} of {args.calls} calls, {rss[-1][1]:.1f} MiB resident")
     steady = [(c, m) for c, m in rss if c > args.keep_calls + args.block]
     slope = statistics.linear_regression(*zip(*steady, strict=False)).slope * 100 if len(steady) > 1 else float("nan")
     t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _progress import progress
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = """
 import sys
@@ -72,9 +74,14 @@ def main() -> None:
         planner = [sys.executable, "-m", "planner.cli", "validate", *files]
         floor = [sys.executable, "-c", FLOOR, *files]
         peer = [check_jsonschema, "--schemafile", str(ROOT / "schemas" / "plan.schema.json"), *files]
-        timed(planner, 1), timed(floor, 1)  # warm the file cache and the bytecode
+        progress(f"{args.plans} plans written; warming the file cache and the bytecode")
+        timed(planner, 1), timed(floor, 1)
+        progress(f"timing planner validate ({args.repeat} runs)")
         t_planner = timed(planner, args.repeat)
+        progress(f"timing the parse floor ({args.repeat} runs)")
         t_floor = timed(floor, args.repeat)
+        if check_jsonschema:
+            progress(f"timing check-jsonschema ({args.repeat} runs)")
         t_peer = timed(peer, args.repeat) if check_jsonschema else None
     print(f"{args.plans} plans, median of {args.repeat} whole-process runs")
     print(f"planner validate : {t_planner * 1000:8.1f} ms")
