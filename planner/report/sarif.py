@@ -1,28 +1,90 @@
-"""SARIF 2.1.0, as GitHub code scanning accepts it: the rule table as `tool.driver.rules`, a result per problem."""
+"""SARIF 2.1.0, as GitHub code scanning accepts it: the rule table as `tool.driver.rules`, a result per problem.
+
+Every problem is listed, uncapped. A result's `level` follows its severity (error, warning, note). Artifact URIs
+are RFC 3986 references: a relative path is percent-encoded byte by byte (its file-system bytes, so an
+undecodable name survives) with `/` as the only separator, so `a:b.yaml`, `%`, `#`, `?`, spaces, a backslash
+(data in a POSIX name) and non-ASCII characters all name the right file, resolved against `SRCROOT` (the working
+folder); an absolute path is a `file://` URI. Columns count Unicode code points, as the loader does.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from urllib.parse import quote
 
 from planner import __version__
 from planner.plan import Problem
+from planner.report.common import neutral_json, severity, visible
 from planner.rules import RULES
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+BASE = "SRCROOT"
+_LEVEL = {"error": "error", "warning": "warning", "note": "note"}
 
 
 def render(problems: list[Problem], files: list[str]) -> str:
-    used = sorted({p.rule for p in problems})
-    rules = [{"id": r, "shortDescription": {"text": RULES[r].catches},
-              "help": {"text": RULES[r].fix}, "defaultConfiguration": {"level": "error"}} for r in used]
-    results = []
+    first: dict[str, Problem] = {}
     for p in problems:
-        location = {"physicalLocation": {"artifactLocation": {"uri": p.path.replace("\\", "/")}}}
-        if p.line:
-            location["physicalLocation"]["region"] = {"startLine": p.line, "startColumn": p.column}
-        results.append({"ruleId": p.rule, "ruleIndex": used.index(p.rule), "level": p.severity,
-                        "message": {"text": p.text}, "locations": [location]})
-    log = {"$schema": SCHEMA, "version": "2.1.0",
-           "runs": [{"tool": {"driver": {"name": "offload-planner", "version": __version__, "rules": rules}},
-                     "results": results}]}
-    return json.dumps(log, indent=2) + "\n"
+        first.setdefault(p.rule, p)
+    index = {rule: i for i, rule in enumerate(sorted(first))}
+    results = [_result(p, index[p.rule]) for p in problems]
+    run = {"tool": {"driver": {"name": "offload-planner", "version": __version__,
+                               "rules": [_descriptor(rule, first[rule]) for rule in index]}},
+           "originalUriBaseIds": {BASE: {"uri": directory_uri(os.getcwd())}},
+           "columnKind": "unicodeCodePoints", "results": results}
+    log = {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
+    return neutral_json(json.dumps(log, indent=2)) + "\n"
+
+
+def _descriptor(rule_id: str, example: Problem) -> dict:
+    """The rule's entry; a rule id the table does not know (a newer rule, a plug-in) gets its id alone."""
+    rule = RULES.get(rule_id)
+    level = _LEVEL[severity(example)] if rule is None else _LEVEL.get(getattr(rule, "severity", "error"), "error")
+    descriptor = {"id": rule_id, "defaultConfiguration": {"level": level}}
+    catches, fix = getattr(rule, "catches", None), getattr(rule, "fix", None)
+    if catches:
+        descriptor["shortDescription"] = {"text": catches}
+    if fix:
+        descriptor["help"] = {"text": fix}
+    return descriptor
+
+
+def _result(p: Problem, index: int) -> dict:
+    location = {"physicalLocation": {"artifactLocation": artifact_location(p.path)}}
+    if p.line:
+        location["physicalLocation"]["region"] = {"startLine": max(1, p.line), "startColumn": max(1, p.column)}
+    return {"ruleId": p.rule, "ruleIndex": index, "level": _LEVEL[severity(p)],
+            "message": {"text": visible(p.text)}, "locations": [location]}
+
+
+def artifact_location(path: str) -> dict:
+    """`{"uri": ..., "uriBaseId": "SRCROOT"}` for a relative path, `{"uri": "file:///..."}` for an absolute one."""
+    if os.path.isabs(path):
+        return {"uri": file_uri(path)}
+    return {"uri": relative_uri(path), "uriBaseId": BASE}
+
+
+def relative_uri(path: str) -> str:
+    """A relative path as an RFC 3986 relative reference: each byte outside the unreserved set and `/` is
+    percent-encoded (`:` too, so no first segment can read as a scheme; the separator on Windows is `/`)."""
+    return quote(os.fsencode(_slashes(path)), safe="/")
+
+
+def file_uri(path: str) -> str:
+    """An absolute path as a `file://` URI (`file:///C:/...` on Windows)."""
+    encoded = quote(os.fsencode(_slashes(path)), safe="/")
+    if not encoded.startswith("/"):  # a drive letter: C:/x -> /C%3A/x would hide the drive; keep its colon
+        encoded = "/" + encoded.replace("%3A", ":", 1)
+    return "file://" + encoded
+
+
+def directory_uri(path: str) -> str:
+    """A folder as a `file://` URI ending in `/`, as SARIF requires of a base URI."""
+    uri = file_uri(path)
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def _slashes(path: str) -> str:
+    # A backslash separates folders only on Windows; in a POSIX name it is data, encoded as %5C.
+    return path.replace(os.sep, "/") if os.sep != "/" else path
