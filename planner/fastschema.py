@@ -10,6 +10,7 @@ None and every document goes to jsonschema. A test checks that both agree on the
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable
 
 Check = Callable[[object], bool]
@@ -36,6 +37,28 @@ def compile_schema(schema: dict) -> Check | None:
         return _Compiler(schema).compile(schema)
     except _Unsupported:
         return None
+
+
+@lru_cache(maxsize=64)
+def ecma_regex(pattern: str) -> re.Pattern:
+    """`pattern` compiled so that Python's `search` agrees with ECMA-262, the regex dialect of JSON Schema
+    (check-jsonschema's default): `$` outside a character class matches only at the very end of the string
+    (Python's also matches before a final newline, so "cuda\\n" would pass `^cuda$`). The other differences
+    (`\\d`, `\\w` and `.` on non-ASCII text and line separators) do not arise in the schema's patterns."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i: i + 2])
+            i += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        out.append("\\Z" if char == "$" and not in_class else char)
+        i += 1
+    return re.compile("".join(out))
 
 
 def _equal(a, b) -> bool:
@@ -84,7 +107,7 @@ class _Compiler:
         return lambda v: any(_equal(v, option) for option in value)
 
     def k_pattern(self, value, _):
-        search = re.compile(value).search
+        search = ecma_regex(value).search
         return lambda v: not isinstance(v, str) or search(v) is not None
 
     def k_minLength(self, value, _):
@@ -92,6 +115,9 @@ class _Compiler:
 
     def k_minimum(self, value, _):
         return lambda v: not _TYPES["number"](v) or v >= value
+
+    def k_maximum(self, value, _):
+        return lambda v: not _TYPES["number"](v) or v <= value
 
     def k_minItems(self, value, _):
         return lambda v: not isinstance(v, list) or len(v) >= value

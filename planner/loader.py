@@ -1,12 +1,16 @@
 """Bytes -> plain data with the line and column of every key and value.
 
-Only safe YAML is built: the composer gives nodes (no constructor ever runs on a tag), and this module turns
-them into dicts, lists and scalars itself, refusing duplicate keys, foreign tags, several documents, and alias
-expansion beyond a fixed amount of work.
+Only safe YAML is built, and this module builds it itself from the parser's events (no constructor ever runs
+on a tag): dicts, lists and scalars, refusing duplicate keys, foreign tags, several documents, alias expansion
+beyond a fixed amount of work, and plain scalars that YAML 1.1 and YAML 1.2 read differently (`on`, `010`).
+Building from events rather than nodes keeps the place of every alias use, so a problem inside an aliased value
+is located where the alias is written. Every way the parser can fail is a located problem, worded by PyYAML's
+pure-Python parser whether or not libyaml is installed.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -18,19 +22,55 @@ from planner.plan import Problem
 MAX_NODES = 20_000
 MAX_DEPTH = 64
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_scalars = yaml.SafeLoader("")  # its construct_yaml_* methods turn plain scalar nodes into values
-_SCALAR_TAGS = {
-    "tag:yaml.org,2002:null": _scalars.construct_yaml_null,
-    "tag:yaml.org,2002:bool": _scalars.construct_yaml_bool,
-    "tag:yaml.org,2002:int": _scalars.construct_yaml_int,
-    "tag:yaml.org,2002:float": _scalars.construct_yaml_float,
-    "tag:yaml.org,2002:str": _scalars.construct_scalar,
-    # a date is not a plan value; keep its text so that the schema reports a wrong type, not a crash
-    "tag:yaml.org,2002:timestamp": _scalars.construct_scalar,
-}
-_SEQ = "tag:yaml.org,2002:seq"
-_MAP = "tag:yaml.org,2002:map"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # tests swap it to prove the results do not depend on it
+_PURE = yaml.SafeLoader
+
+# Patterns are strings, compiled on first use by `re`'s own cache: most runs never need them, and compiling them
+# all at import would cost more than reading a plan.
+# Where libyaml and PyYAML may disagree (found by comparing them on generated YAML, tests/test_loader.py): only a
+# file holding one of these characters is looked at more closely.
+_DIVERGENT = r"[\t\x85\u2028\u2029\ufeff]|(?:^|[ \r\[{,])[!|>]"
+_DIVERGENT_CHARS = "\t\x85\u2028\u2029\ufeff!|>"
+_BREAKS = "\r\n|[\n\r\x85\u2028\u2029]"
+
+_Y = "tag:yaml.org,2002:"
+_STR, _SEQ, _MAP = _Y + "str", _Y + "seq", _Y + "map"
+_RESOLVER = yaml.resolver.Resolver()  # YAML 1.1 as PyYAML reads plain scalars
+_CONSTRUCT = yaml.SafeLoader("")  # its construct_yaml_* methods turn scalar nodes into values
+
+
+class _Special:
+    """A reading that is no plan value (a YAML 1.1 date, merge key or value key; an invalid one), in words."""
+
+    def __init__(self, words: str):
+        self.words = words
+
+
+_INVALID = _Special("not a valid value")
+_DATE = _Special("a date")
+_MERGE = _Special("the merge key `<<`")
+_VALUE = _Special("the default-value key `=`")
+_JSON_STRING = _Special("a string in YAML 1.2's JSON schema (a number only in its core schema)")
+
+# YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), the reading of yaml-language-server,
+# ruamel.yaml (check-jsonschema), Go's yaml.v3 and others.
+_NULL12 = {"", "~", "null", "Null", "NULL"}
+_BOOL12 = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT12 = r"[-+]?[0-9]+"
+_OCT12 = r"0o[0-7]+"
+_HEX12 = r"0x[0-9a-fA-F]+"
+_FLOAT12 = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+_INF12 = r"[-+]?\.(?:inf|Inf|INF)"
+_NAN12 = r"\.(?:nan|NaN|NAN)"
+# YAML 1.1 booleans (https://yaml.org/type/bool.html): PyYAML leaves out y/n, other YAML 1.1 readers do not.
+_BOOL11 = {"y": True, "yes": True, "true": True, "on": True, "n": False, "no": False, "false": False, "off": False}
+_YN11 = {"y": True, "Y": True, "n": False, "N": False}
+# Plain scalars starting with a letter are strings in both versions unless they are one of these words.
+_WORDS = {w for base in ("yes", "no", "on", "off", "true", "false", "null") for w in (base, base.title(), base.upper())}
+_WORDS |= set(_YN11)
+_MAX_DIGITS = 4000  # Python refuses to read longer decimal integers (sys.get_int_max_str_digits)
+_TAG_WANTS = {"null": "null (or nothing)", "bool": "true or false", "int": "an integer", "float": "a number",
+              "timestamp": "a date (YYYY-MM-DD)"}
 
 
 @dataclass
@@ -39,7 +79,8 @@ class Document:
 
     `marks[path]` is the (line, column) of the value at that path (a tuple of keys and indexes);
     `key_marks[path]` is that of the key that names it. `raw_scalars[path]` keeps the source spelling of a
-    scalar, so rules can explain YAML 1.1 surprises (`yes` read as a boolean).
+    scalar, so rules can show a number as it was written. `aliases[path]` is the path of the anchored node
+    that the alias at `path` repeats; nodes read through an alias are located at the alias.
     """
 
     path: str
@@ -50,21 +91,44 @@ class Document:
     key_marks: dict = field(default_factory=dict)
     raw_scalars: dict = field(default_factory=dict)
     refused: set = field(default_factory=set)  # paths whose node was refused (a tag): no further errors there
+    aliases: dict = field(default_factory=dict)
 
     def where(self, path: tuple, key: bool = False) -> tuple[int, int]:
-        """The (line, column) of the node at `path`, falling back to its closest located parent."""
-        table = self.key_marks if key else self.marks
-        while path not in table and path:
+        """The (line, column) of the node at `path` (of its key with `key`), else of its closest located parent
+        (the alias use, for a node read through an alias)."""
+        if key and path in self.key_marks:
+            return self.key_marks[path]
+        while path not in self.marks and path:
             path = path[:-1]
-        return table.get(path, (1, 1))
+        return self.marks.get(path, (1, 1))
 
     def problem(self, path: tuple, rule: str, message: str, fix: str = "", key: bool = False) -> Problem:
         line, column = self.where(path, key)
         return Problem(self.path, line, column, rule, message, fix)
 
+    def is_refused(self, path: tuple) -> bool:
+        """Whether the node at `path` (or one above it, through aliases too) was refused by the loader."""
+        if not self.refused:
+            return False
+        for i in range(len(path) + 1):
+            if path[:i] in self.refused:
+                return True
+            if path[:i] in self.aliases:
+                return self.is_refused(self.aliases[path[:i]] + path[i:])
+        return False
 
-class _TooLarge(Exception):
-    pass
+    def raw(self, path: tuple) -> str | None:
+        """The source spelling of the scalar at `path` (read through aliases), or None."""
+        if path in self.raw_scalars:
+            return self.raw_scalars[path]
+        for i in range(1, len(path) + 1):
+            if path[:i] in self.aliases:
+                return self.raw(self.aliases[path[:i]] + path[i:])
+        return None
+
+
+class _Stop(Exception):
+    """The document cannot be read further; args[0] is the problem that says why."""
 
 
 def load(raw: bytes, path: str) -> Document:
@@ -73,129 +137,433 @@ def load(raw: bytes, path: str) -> Document:
     try:
         doc.text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line, column = _line_col(raw[: exc.start].decode("utf-8", "replace"))
+        line, column = _line_col(raw[: exc.start].decode("utf-8", "replace").removeprefix("\ufeff"))
         doc.problems.append(Problem(path, line, column, "PLN002",
                                     f"byte 0x{raw[exc.start]:02x} is not UTF-8",
                                     "save the plan as UTF-8"))
         return doc
+    return _read(doc, _Loader)
+
+
+def _read(doc: Document, loader: type) -> Document:
+    """Build `doc` with `loader`'s parser. libyaml words its errors differently from PyYAML, and accepts a few
+    things PyYAML refuses (tabs after a value, some tags, block scalar headers, odd line breaks): when the file
+    is not YAML to libyaml, or holds one of those characters, PyYAML's pure parser reads it again and its result
+    is the one returned, so results never depend on whether libyaml is installed. Anything else is read once."""
     try:
-        node = _Loader(doc.text).get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        doc.problems.append(_yaml_problem(doc, exc))
-        return doc
-    except yaml.YAMLError as exc:  # reader errors: control characters and the like
-        mark = getattr(exc, "position", None)
-        line, column = _line_col(doc.text[:mark]) if isinstance(mark, int) else (1, 1)
-        doc.problems.append(Problem(path, line, column, "PLN003", f"not YAML: {exc}", "remove the character"))
-        return doc
-    except RecursionError:
-        doc.problems.append(Problem(path, 1, 1, "PLN007", "the document nests too deeply",
-                                    f"a plan needs no more than {MAX_DEPTH} levels"))
-        return doc
-    if node is None:
-        doc.problems.append(Problem(path, 1, 1, "PLN001", "the plan is empty",
-                                    "write at least `version: 1`, `device` and `components`"))
-        return doc
-    if not isinstance(node, yaml.MappingNode):
-        line, column = _mark(node)
-        doc.problems.append(Problem(path, line, column, "PLN009",
-                                    f"the top level is a {_kind(node)}, not a mapping",
-                                    "write the plan as `key: value` lines (version, device, components, ...)"))
-        return doc
-    try:
-        doc.data = _Builder(doc).build(node, ())
-    except _TooLarge as exc:
+        _Builder(doc, loader(doc.text)).document()
+    except yaml.YAMLError as exc:
+        if loader is not _PURE:
+            return _read(Document(doc.path, doc.text), _PURE)
         doc.data = None
-        doc.problems.append(Problem(path, *exc.args))
+        doc.problems.append(_yaml_problem(doc, exc))
+    except _Stop as stop:
+        doc.data = None
+        doc.problems.append(stop.args[0])
+    if loader is not _PURE and _may_diverge(doc.text):
+        return _read(Document(doc.path, doc.text), _PURE)
     return doc
 
 
+class _Anchor:
+    """An anchored node: its value, its path (None for an anchored key), the nodes and levels it expands to,
+    and its source text when it is a scalar (usable as a key)."""
+
+    __slots__ = ("value", "path", "size", "height", "text")
+
+    def __init__(self, value, path: tuple | None, size: int, height: int, text: str | None):
+        self.value, self.path, self.size, self.height, self.text = value, path, size, height, text
+
+
 class _Builder:
-    def __init__(self, doc: Document):
-        self.doc = doc
+    """Builds one document from the parser's events, depth first, with a budget of expanded nodes."""
+
+    def __init__(self, doc: Document, parser):
+        self.doc, self.parser = doc, parser
         self.budget = MAX_NODES
+        self.reach = 0  # the deepest level reached, aliases expanded
+        self.anchors: dict[str, _Anchor] = {}
+        self.open: set[str] = set()  # anchors whose node is being built
 
-    def build(self, node, path: tuple):
-        self.budget -= 1
-        if self.budget < 0 or len(path) > MAX_DEPTH:
+    def document(self) -> None:
+        self.parser.get_event()  # stream start
+        start = self.parser.get_event()
+        if isinstance(start, yaml.StreamEndEvent):
+            self.doc.problems.append(_empty(self.doc.path))
+            return
+        event = self.parser.get_event()
+        value = self.node(event, ())
+        self.parser.get_event()  # document end
+        after = self.parser.get_event()
+        if isinstance(after, yaml.DocumentStartEvent):
+            raise _Stop(self.located(after, "PLN005", "the file holds several YAML documents",
+                                     "keep one plan per file and remove the `---` separator"))
+        if isinstance(value, dict):
+            self.doc.data = value
+        elif () in self.doc.refused:
+            return
+        elif value is None and isinstance(event, yaml.ScalarEvent) and event.implicit[0]:
+            self.doc.problems.append(_empty(self.doc.path))
+        else:
+            kind = "list" if isinstance(value, list) else "scalar"
+            self.doc.problems.append(self.located(event, "PLN009", f"the top level is a {kind}, not a mapping",
+                                                  "write the plan as `key: value` lines (version, device, "
+                                                  "components, ...)"))
+
+    # -- nodes --------------------------------------------------------------------------------------------------
+    def node(self, event, path: tuple):
+        if isinstance(event, yaml.AliasEvent):
+            return self.alias(event, path)
+        self.spend(1, event, len(path))
+        self.doc.marks[path] = _mark(event)
+        name = event.anchor
+        if name is None:
+            return self.content(event, path)
+        if name in self.anchors or name in self.open:
+            raise _Stop(self.located(event, "PLN003", f"anchor &{name} is defined twice",
+                                     "give each anchor its own name"))
+        self.open.add(name)
+        budget, reach, self.reach = self.budget, self.reach, len(path)
+        value = self.content(event, path)
+        self.anchors[name] = _Anchor(value, path, budget - self.budget, self.reach - len(path),
+                                     event.value if isinstance(event, yaml.ScalarEvent) else None)
+        self.open.discard(name)
+        self.reach = max(reach, self.reach)
+        return value
+
+    def content(self, event, path: tuple):
+        if isinstance(event, yaml.ScalarEvent):
+            return self.scalar(event, path)
+        if isinstance(event, yaml.SequenceStartEvent):
+            items = self.sequence(path)
+            return items if _untagged(event.tag, _SEQ) else self.refuse(event, path, "a list")
+        if isinstance(event, yaml.MappingStartEvent):
+            mapping = self.mapping(path)
+            return mapping if _untagged(event.tag, _MAP) else self.refuse(event, path, "a mapping")
+        raise _Stop(self.located(event, "PLN003", f"YAML syntax error: unexpected {type(event).__name__}",
+                                 "fix the YAML at this place"))
+
+    def alias(self, event, path: tuple):
+        anchor = self.anchor(event)
+        self.spend(anchor.size, event, len(path) + anchor.height)
+        self.doc.marks[path] = _mark(event)
+        if anchor.path is not None:
+            self.doc.aliases[path] = anchor.path
+        return anchor.value
+
+    def anchor(self, event) -> _Anchor:
+        name = event.anchor
+        if name in self.open:
+            raise _Stop(self.located(event, "PLN007", f"alias *{name} is used inside the node it names, "
+                                     "so the document would nest without end", "write the plan out plainly"))
+        if name not in self.anchors:
+            raise _Stop(self.located(event, "PLN003", f"alias *{name} names no anchor &{name} written before it",
+                                     f"define &{name} before using *{name}, or write the value out"))
+        return self.anchors[name]
+
+    def spend(self, nodes: int, event, depth: int) -> None:
+        self.budget -= nodes
+        self.reach = max(self.reach, depth)
+        if self.budget < 0 or depth > MAX_DEPTH:
             what = "expands to too many nodes" if self.budget < 0 else "nests too deeply"
-            line, column = _mark(node)
-            raise _TooLarge(line, column, "PLN007",
-                            f"the document {what} (aliases or nesting beyond {MAX_NODES} nodes / {MAX_DEPTH} levels)",
-                            "write the plan out plainly, without alias chains")
-        self.doc.marks[path] = _mark(node)
-        if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        if isinstance(node, yaml.ScalarNode) and node.tag in _SCALAR_TAGS:
-            self.doc.raw_scalars[path] = node.value
-            try:
-                return _SCALAR_TAGS[node.tag](node)
-            except (ValueError, yaml.YAMLError):
-                return node.value
-        self.doc.refused.add(path)
-        self.doc.problems.append(self.doc.problem(path, "PLN008", f"tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed in a plan",
-                                                  "remove the tag: plans hold plain strings, numbers, lists and mappings"))
-        return None
+            raise _Stop(self.located(event, "PLN007", f"the document {what} (aliases or nesting beyond "
+                                     f"{MAX_NODES} nodes / {MAX_DEPTH} levels)",
+                                     "write the plan out plainly, without alias chains"))
 
-    def _mapping(self, node, path: tuple) -> dict:
+    def sequence(self, path: tuple) -> list:
+        items: list = []
+        event = self.parser.get_event()
+        while not isinstance(event, yaml.SequenceEndEvent):
+            items.append(self.node(event, path + (len(items),)))
+            event = self.parser.get_event()
+        return items
+
+    def mapping(self, path: tuple) -> dict:
         out: dict = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                self.doc.problems.append(self.doc.problem(path, "PLN008", "merge keys (`<<`) are not allowed in a plan",
-                                                          "write the keys out"))
-                continue
-            if not isinstance(key_node, yaml.ScalarNode):
-                line, column = _mark(key_node)
-                self.doc.problems.append(Problem(self.doc.path, line, column, "PLN009",
-                                                 f"a {_kind(key_node)} cannot be a key", "use a plain name as the key"))
-                continue
-            key = key_node.value
-            if key in out:
+        event = self.parser.get_event()
+        while not isinstance(event, yaml.MappingEndEvent):
+            key = self.key(event, path)
+            value_event = self.parser.get_event()
+            if key is not None and key in out:
                 first = self.doc.key_marks[path + (key,)]
-                line, column = _mark(key_node)
-                self.doc.problems.append(Problem(self.doc.path, line, column, "PLN006",
-                                                 f"duplicate key {key!r} (first at line {first[0]})",
-                                                 "keep one; YAML would silently use the last"))
-                continue
-            self.doc.key_marks[path + (key,)] = _mark(key_node)
-            out[key] = self.build(value_node, path + (key,))
+                self.doc.problems.append(self.located(event, "PLN006",
+                                                      f"duplicate key {key!r} (first at line {first[0]})",
+                                                      "keep one; YAML would silently use the last"))
+                key = None
+            if key is None:
+                self.node(value_event, path + (_Discarded(),))  # read for its anchors and its own problems
+            else:
+                self.doc.key_marks[path + (key,)] = _mark(event)
+                out[key] = self.node(value_event, path + (key,))
+                if _nothing(value_event):  # `key:` alone; libyaml and PyYAML place the empty value apart
+                    self.doc.marks[path + (key,)] = _mark(event)
+            event = self.parser.get_event()
         return out
 
+    def key(self, event, path: tuple) -> str | None:
+        """The text of a key, or None (and a problem) for a key no plan can have."""
+        if isinstance(event, yaml.AliasEvent):
+            text = self.anchor(event).text
+            if text is None:
+                self.doc.problems.append(self.located(event, "PLN009", "a list or mapping cannot be a key",
+                                                      "use a plain name as the key"))
+            return text
+        if not isinstance(event, yaml.ScalarEvent):
+            kind = "list" if isinstance(event, yaml.SequenceStartEvent) else "mapping"
+            self.node(event, path + (_Discarded(),))
+            self.doc.problems.append(self.located(event, "PLN009", f"a {kind} cannot be a key",
+                                                  "use a plain name as the key"))
+            return None
+        if event.anchor is not None:  # an anchored key: its alias can only be a key (or its text)
+            if event.anchor in self.anchors or event.anchor in self.open:
+                raise _Stop(self.located(event, "PLN003", f"anchor &{event.anchor} is defined twice",
+                                         "give each anchor its own name"))
+            self.anchors[event.anchor] = _Anchor(event.value, None, 1, 0, event.value)
+        if event.tag is None and event.implicit[0]:
+            if event.value == "<<":
+                self.doc.problems.append(self.located(event, "PLN008", "merge keys (`<<`) are not allowed in a plan",
+                                                      "write the keys out"))
+                return None
+            read = _read_plain(event.value)[1]
+            if read is not None:
+                self.doc.problems.append(self.ambiguous(event, *read))
+        elif not _untagged(event.tag, _STR):
+            self.doc.problems.append(self.located(event, "PLN008", f"tag {_short(event.tag)!r} is not allowed on "
+                                                  "a key", "remove the tag: keys are plain names"))
+            return None
+        return event.value
 
-def _yaml_problem(doc: Document, exc: yaml.MarkedYAMLError) -> Problem:
-    mark = exc.problem_mark or exc.context_mark
+    # -- scalars ------------------------------------------------------------------------------------------------
+    def scalar(self, event, path: tuple):
+        text = event.value
+        self.doc.raw_scalars[path] = text
+        if event.tag is None and event.implicit[0]:  # plain: read by YAML 1.1 and 1.2 rules alike, or refused
+            value, read = _read_plain(text)
+            if read is None:
+                return value
+            if read[0] is _INVALID and read[1] is _INVALID:
+                return self.refuse(event, path, problem=self.located(
+                    event, "PLN007", f"the number `{text[:20]}...` has {len(text)} digits",
+                    "write a number a plan can use"))
+            return self.refuse(event, path, problem=self.ambiguous(event, *read))
+        if _untagged(event.tag, _STR):  # quoted, `!` or `!!str`
+            return text
+        kind = event.tag[len(_Y):] if event.tag.startswith(_Y) else None
+        if kind not in _TAG_WANTS:
+            return self.refuse(event, path, "a scalar")
+        r11, r12 = _tagged11(kind, text), _tagged12(kind, text)
+        if r11 is _INVALID and r12 is _INVALID:
+            return self.refuse(event, path, problem=self.located(
+                event, "PLN008", f"tag {_short(event.tag)!r} cannot hold {text!r}",
+                f"write {_TAG_WANTS[kind]}, or remove the tag"))
+        if not _same(r11, r12):
+            return self.refuse(event, path, problem=self.ambiguous(event, r11, r12))
+        return text if kind == "timestamp" else r11  # a date is no plan value: its text gets a clear type error
+
+    def ambiguous(self, event, r11, r12) -> Problem:
+        tag = "" if event.tag is None else f"{_short(event.tag)} "
+        shown = f"`{tag}{event.value}`"
+        options = []
+        for value in (r11, r12):
+            written = _spelling(value)
+            if written is not None and written not in options:
+                options.append(written)
+        quote = f"quote it ({event.value!r}) to keep the text"
+        if not options:
+            fix = quote
+        elif len(options) == 1:
+            fix = f"write {options[0]}, or {quote}"
+        else:
+            fix = f"write {' or '.join(options)}, whichever you mean, or {quote}"
+        invalid = f"no valid {tag.strip()}" if tag else _INVALID.words
+        words = [invalid if value is _INVALID else _words(value) for value in (r11, r12)]
+        second = words[1] if r12 is _JSON_STRING else f"{words[1]} in YAML 1.2"
+        return self.located(event, "PLN010", f"{shown} is {words[0]} in YAML 1.1 but {second}", fix)
+
+    def refuse(self, event, path: tuple, holds: str = "", problem: Problem | None = None) -> None:
+        """Record that the node at `path` has no value, with `problem` (default: its tag is not allowed)."""
+        if problem is None:
+            tag = _short(event.tag)
+            standard = tag.startswith("!!") and tag[2:] in (*_TAG_WANTS, "str", "seq", "map")
+            problem = self.located(event, "PLN008",
+                                   f"tag {tag!r} cannot hold {holds}" if standard
+                                   else f"tag {tag!r} is not allowed in a plan",
+                                   "remove the tag: plans hold plain strings, numbers, lists and mappings")
+        self.doc.refused.add(path)
+        self.doc.problems.append(problem)
+        return None
+
+    def located(self, event, rule: str, message: str, fix: str) -> Problem:
+        line, column = _mark(event)
+        return Problem(self.doc.path, line, column, rule, message, fix)
+
+
+class _Discarded:
+    """A path element for a value read only for its side effects (after a refused key): unique, never looked up."""
+
+    def __repr__(self) -> str:
+        return "<discarded>"
+
+
+def _may_diverge(text: str) -> bool:
+    return any(char in text for char in _DIVERGENT_CHARS) and re.search(_DIVERGENT, text, re.MULTILINE) is not None
+
+
+def _nothing(event) -> bool:
+    return (isinstance(event, yaml.ScalarEvent) and event.value == "" and event.implicit[0] and event.tag is None
+            and event.anchor is None)
+
+
+def _untagged(tag: str | None, own: str) -> bool:
+    return tag is None or tag == "!" or tag == own
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag[len(_Y):] if tag.startswith(_Y) else tag
+
+
+def _read_plain(text: str) -> tuple[object, tuple[object, object] | None]:
+    """(value, None) when YAML 1.1 and 1.2 read the plain scalar `text` alike, else (None, (1.1's, 1.2's))."""
+    first = text[:1]
+    if (first.isalpha() or first == "_") and text not in _WORDS:
+        return text, None  # a name: a string in both (the common case, kept cheap)
+    if text.isdigit() and text.isascii() and (first != "0" or text == "0") and len(text) <= _MAX_DIGITS:
+        return int(text), None
+    r11, r12 = _read11(text), _read12(text)
+    if re.fullmatch(_HEX12, text) and _same(r11, r12):
+        return None, (r11, _JSON_STRING)  # 16 in YAML 1.1 and 1.2's core schema, a string in 1.2's JSON schema
+    return (r11, None) if _same(r11, r12) and r11 is not _INVALID else (None, (r11, r12))
+
+
+def _read11(text: str):
+    """A plain scalar as YAML 1.1 reads it: PyYAML's resolver, plus y/n booleans (other YAML 1.1 readers)."""
+    if text in _YN11:
+        return _YN11[text]
+    tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))
+    if tag == _STR:
+        return text
+    if tag == _Y + "timestamp":
+        return _DATE
+    if tag == _Y + "merge":
+        return _MERGE
+    if tag == _Y + "value":
+        return _VALUE
+    return _construct(tag, text)
+
+
+def _read12(text: str):
+    """A plain scalar as the YAML 1.2 core schema reads it."""
+    if text in _NULL12:
+        return None
+    if text in _BOOL12:
+        return _BOOL12[text]
+    if re.fullmatch(_INT12, text):
+        return int(text) if len(text) <= _MAX_DIGITS else _INVALID
+    if re.fullmatch(_OCT12, text):
+        return int(text[2:], 8)
+    if re.fullmatch(_HEX12, text):
+        return int(text[2:], 16)
+    if re.fullmatch(_FLOAT12, text):
+        return float(text)
+    if re.fullmatch(_INF12, text):
+        return float("-inf") if text[0] == "-" else float("inf")
+    if re.fullmatch(_NAN12, text):
+        return float("nan")
+    return text
+
+
+def _tagged11(kind: str, text: str):
+    """The value YAML 1.1 (PyYAML) gives `!!kind text`, or _INVALID."""
+    if kind == "null":
+        return None if text in _NULL12 else _INVALID
+    if kind == "bool":
+        return _BOOL11.get(text.lower(), _INVALID)
+    if kind == "timestamp":
+        return text if _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _Y + "timestamp" else _INVALID
+    return _construct(_Y + kind, text)
+
+
+def _tagged12(kind: str, text: str):
+    """The value the YAML 1.2 core schema gives `!!kind text`, or _INVALID."""
+    if kind == "bool":
+        return _BOOL12.get(text, _INVALID)
+    if kind in ("null", "timestamp"):
+        return _tagged11(kind, text)  # read alike; 1.2 keeps !!timestamp in its tag repository
+    value = _read12(text)
+    if kind == "int":
+        return value if type(value) is int else _INVALID
+    return float(value) if type(value) in (int, float) else _INVALID
+
+
+def _construct(tag: str, text: str):
+    try:
+        return _CONSTRUCT.yaml_constructors[tag](_CONSTRUCT, yaml.ScalarNode(tag, text))
+    except (ValueError, IndexError, KeyError, OverflowError):  # `!!int ""`, `!!bool maybe`, a 5000-digit number
+        return _INVALID
+
+
+def _same(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    return a is b or a == b or (isinstance(a, float) and a != a and b != b)
+
+
+def _words(value) -> str:
+    if isinstance(value, _Special):
+        return value.words
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {_spelling(value)}"
+    return f"the string {value!r}"
+
+
+def _spelling(value) -> str | None:
+    """How to write `value` so that both YAML versions read it alike (None for text and non-values)."""
+    if isinstance(value, (_Special, str)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return ".nan" if value != value else ("-.inf" if value < 0 else ".inf")
+    return repr(value)
+
+
+def _empty(path: str) -> Problem:
+    return Problem(path, 1, 1, "PLN001", "the plan is empty",
+                   "write at least `version: 1`, `device` and `components`")
+
+
+def _yaml_problem(doc: Document, exc: yaml.YAMLError) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line, column = _line_col(doc.text[: exc.position])
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return Problem(doc.path, line, column, "PLN003", f"not YAML: the character U+{ord(char):04X} is not allowed",
+                       "remove the character")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    problem = exc.problem or str(exc)
+    problem = getattr(exc, "problem", None) or str(exc)
     lines = doc.text.splitlines()
     char = lines[line - 1][column - 1: column] if 0 < line <= len(lines) else ""
-    if char == "\t" or (problem and "\\t" in problem):
+    if char == "\t" or "\\t" in problem:
         return Problem(doc.path, line, column, "PLN004", "a tab is used for indentation",
                        "indent with spaces; YAML does not allow tabs there")
-    if "expected a single document" in problem or "but found another document" in str(exc):
-        return Problem(doc.path, line, column, "PLN005", "the file holds several YAML documents",
-                       "keep one plan per file and remove the `---` separator")
-    if "nesting depth" in problem:  # libyaml's own limit, far above ours
-        return Problem(doc.path, line, column, "PLN007", "the document nests too deeply",
-                       f"a plan needs no more than {MAX_DEPTH} levels")
-    context = f" {exc.context}" if exc.context else ""
+    context = f" {exc.context}" if getattr(exc, "context", None) else ""
     return Problem(doc.path, line, column, "PLN003", f"YAML syntax error:{context} {problem}".replace("  ", " "),
                    "fix the YAML at this place")
 
 
-def _mark(node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _kind(node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "list"
-    return "scalar"
+def _mark(event) -> tuple[int, int]:
+    return event.start_mark.line + 1, event.start_mark.column + 1
 
 
 def _line_col(prefix: str) -> tuple[int, int]:
-    line = prefix.count("\n") + 1
-    return line, len(prefix) - (prefix.rfind("\n") + 1) + 1
+    """The (line, column) just after `prefix`, counting line breaks as YAML does (\\r\\n, \\r, \\x85, ...)."""
+    lines = re.split(_BREAKS, prefix)
+    return len(lines), len(lines[-1]) + 1

@@ -1,3 +1,5 @@
+import time
+
 import networkx as nx
 import pytest
 
@@ -38,3 +40,27 @@ def test_two_separate_cycles_are_both_reported():
 def test_order_refuses_a_cycle():
     with pytest.raises(nx.NetworkXUnfeasible):
         order.order(["a", "b"], [("a", "b"), ("b", "a")])
+
+
+def test_the_shortest_cycle_is_reported_ties_by_declaration_order():
+    # a -> b -> a and a -> c -> a are both shortest; b is declared first
+    names = ["a", "c", "b"]
+    edges = [("a", "c"), ("c", "a"), ("a", "b"), ("b", "a"), ("c", "b")]
+    assert order.cycles(["a", "b", "c"], edges) == [("a", "b", "a")]
+    assert order.cycles(names, edges) == [("a", "c", "a")]
+
+
+def test_cycles_cost_stays_linear_for_thousands_of_components():
+    n = 5000
+    names = [f"c{i}" for i in range(n)]
+    edges = [(names[i], names[(i + 1) % n]) for i in range(n)]  # one ring through everything
+    edges += [(names[0], names[i]) for i in range(2, n, 2)]  # and many ways out of the start
+    start = time.process_time()
+    (cycle,) = order.cycles(names, edges)
+    assert time.process_time() - start < 1.0
+    assert cycle == ("c0", "c4998", "c4999", "c0")  # the shortest way back to the first declared
+
+
+def test_resolve_gives_the_order_or_the_cycles():
+    assert order.resolve(["a", "b"], [("a", "b")]) == (("a", "b"), [])
+    assert order.resolve(["a", "b"], [("a", "b"), ("b", "a")]) == (None, [("a", "b", "a")])
