@@ -1,100 +1,179 @@
 """`planner`: argument parsing and formatting only; the work is the core's and the executor's.
 
-Exit status: 0 all good, 1 a problem was found (a plan, a pipeline, a run), 2 a usage error.
+Exit status: see EXIT_STATUS. `apply` and `tiny` check every argument they can before any work, and before
+importing torch: a mistake costs what `validate` costs, never a long run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
+from planner import __version__
+from planner.discover import Entry, discover
 from planner.executor.tiny import KINDS  # a constant: importing it loads no torch
-from planner.plan import PlanError, Problem, check, load_plan
+from planner.plan import PlanError, Problem
 from planner.report import FORMATS
+from planner.report.common import is_error, visible
+from planner.validate import check, load_plan
+
+EXIT_STATUS = """\
+exit status:
+  0    all good
+  1    a problem was found (a plan, a pipeline, a run)
+  2    a usage error (a bad flag, a missing file, an output that cannot be written, a missing extra)
+  130  interrupted (Ctrl-C)
+  141  the output was closed early (planner show PLAN | head -1), as for any Unix tool"""
+APPLY_EXTRA = "pip install 'offload-planner[apply]'"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run the command line `argv` (default: sys.argv) and return its exit status (EXIT_STATUS); argparse's
+    usage errors and --help/--version exit through SystemExit as usual."""
     try:
-        return args.run(args, parser)
+        try:
+            parser = _parser()
+            args = parser.parse_args(argv)
+            return args.run(args, parser)
+        finally:
+            sys.stdout.flush()  # a reader that left shows up here, in the handler below, not at interpreter exit
     except KeyboardInterrupt:
+        sys.stderr.write("planner: interrupted\n")
         return 130
+    except BrokenPipeError:
+        _discard_output()
+        return 141
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null, as Python's documentation advises on a broken pipe: what is still
+    buffered is flushed there at exit instead of failing again with an "Exception ignored" message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (captured, closed)
+            pass
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="planner", description="Checked model CPU offload plans for diffusers.")
+    parser = argparse.ArgumentParser(prog="planner", description="Checked model CPU offload plans for diffusers.",
+                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = sub.add_parser("validate", help="check plan files (CI, pre-commit)")
-    validate.add_argument("paths", nargs="+", metavar="PATH", help="plan files, or folders to search for *.yaml/*.yml")
+    validate.add_argument("paths", nargs="+", metavar="PATH",
+                          help="plan files (any extension), or folders to search for *.yaml/*.yml (hidden folders "
+                               "and virtual environments skipped; a folder with no plan file is a problem)")
+    validate.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                          help="leave out files and folders matching GLOB (name, path relative to the folder given, "
+                               "or path as printed; repeatable)")
     validate.add_argument("--format", default="text", choices=list(FORMATS))
+    validate.add_argument("--strict", action="store_true", help="warnings fail validation too (exit 1)")
     validate.set_defaults(run=_validate)
 
     show = sub.add_parser("show", help="print a plan's resolved sequence, device and exclusions")
-    show.add_argument("plan", metavar="PLAN")
+    show.add_argument("plan", metavar="PLAN", help="a plan file")
     show.set_defaults(run=_show)
 
     schema = sub.add_parser("schema", help="print the plan JSON Schema")
     schema.set_defaults(run=_schema)
 
-    apply = sub.add_parser("apply", help="load the plan's pipeline, apply the plan and generate")
-    apply.add_argument("plan", metavar="PLAN")
-    apply.add_argument("--source", help="override pipeline.source (a local folder or a hub id)")
-    apply.add_argument("--prompt", default="an astronaut riding a horse")
-    apply.add_argument("--negative-prompt")
-    apply.add_argument("--steps", type=_positive, default=2)
-    apply.add_argument("--seed", type=int, default=0)
-    apply.add_argument("--height", type=_positive)
-    apply.add_argument("--width", type=_positive)
-    apply.add_argument("--image", help="an input image for pipelines that take one (ControlNet, img2img)")
-    apply.add_argument("--calls", type=_positive, default=1, help="pipeline calls to make (default 1)")
-    apply.add_argument("--out", help="write the last image here (PNG)")
-    apply.add_argument("--device", help="override the plan's device")
-    apply.add_argument("--gpu-id", type=int, help="override the plan's gpu_id")
+    apply = sub.add_parser("apply", help="load the plan's pipeline, apply the plan and generate",
+                           description="Load the plan's pipeline, apply the plan, generate, and print what moved. "
+                           "The plan, the flags, the paths and the source folder are checked first, without torch; "
+                           "then the device; only then are the weights loaded.")
+    apply.add_argument("plan", metavar="PLAN", help="a plan file")
+    apply.add_argument("--source", metavar="DIR_OR_HUB_ID",
+                       help="load this instead of the plan's pipeline.source (a local folder or a hub id)")
+    apply.add_argument("--prompt", default="an astronaut riding a horse", help="the prompt (default: %(default)r)")
+    apply.add_argument("--negative-prompt", metavar="TEXT", help="a negative prompt (default: none)")
+    apply.add_argument("--steps", type=_positive, default=2, metavar="N",
+                       help="denoising steps per call (default: %(default)s)")
+    apply.add_argument("--seed", type=_seed, default=0, metavar="N", help="the generator's seed (default: %(default)s)")
+    apply.add_argument("--height", type=_positive, metavar="PX", help="image height (default: the pipeline's)")
+    apply.add_argument("--width", type=_positive, metavar="PX", help="image width (default: the pipeline's)")
+    apply.add_argument("--image", metavar="IMAGE", help="an input image for pipelines that take one (ControlNet, "
+                       "img2img)")
+    apply.add_argument("--calls", type=_positive, default=1, metavar="N",
+                       help="pipeline calls to make (default: %(default)s)")
+    apply.add_argument("--out", metavar="IMAGE", help="write the last image here; its extension picks the format "
+                       "(.png, .jpg, .webp, ...); missing folders are created")
+    apply.add_argument("--device", help="override the plan's device (checked by the same rules)")
+    apply.add_argument("--gpu-id", type=_integer, metavar="N",
+                       help="override the plan's gpu_id (checked by the same rules)")
     apply.add_argument("--dry-run", action="store_true",
                        help="install the same hooks with the CPU as execution device and trace what would move")
-    apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON")
+    apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON; missing folders are "
+                       "created")
+    apply.add_argument("--events", action="store_true", help="print every load and offload event after the summary")
+    apply.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
     apply.set_defaults(run=_apply)
 
-    tiny = sub.add_parser("tiny", help="build a tiny random-weight pipeline folder (offline) to try plans on")
-    tiny.add_argument("kind", choices=KINDS)
-    tiny.add_argument("folder")
+    tiny = sub.add_parser("tiny", help="build a tiny random-weight pipeline folder (offline) to try plans on",
+                          description="Build a tiny random-weight pipeline and save it to FOLDER, offline. FOLDER "
+                          "must be missing, empty, or a previous tiny build: nothing else is ever overwritten.")
+    tiny.add_argument("kind", choices=KINDS, help="the pipeline to build")
+    tiny.add_argument("folder", metavar="FOLDER", help="where to save it (reused when it holds this kind already)")
+    tiny.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
     tiny.set_defaults(run=_tiny)
+    for command in sub.choices.values():  # every command documents its exit status
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = f"{command.epilog}\n\n{EXIT_STATUS}" if command.epilog else EXIT_STATUS
     return parser
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _integer_in(low: int | None, high: int | None, words: str):
+    """An argparse type: an integer with `low <= value < high` (None: unbounded), refused as "must be `words`,
+    not 'x'", in words that name no internal function."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not a number, or more digits than int() takes
+            value = None
+        if value is None or (low is not None and value < low) or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"must be {words}, not {text!r}")
+        return value
+
+    convert.__name__ = words  # argparse's own messages name the type by it
+    return convert
 
 
-def _plan_files(paths: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    files = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files += sorted(str(p) for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        elif path.is_file():
-            files.append(raw)
-        else:
-            parser.error(f"{raw}: no such file or folder")
-    return files
+_integer = _integer_in(None, None, "an integer")
+_positive = _integer_in(1, None, "a positive integer")
+_seed = _integer_in(-(2**63), 2**64, "an integer from -2**63 to 2**64-1")  # what torch's generator accepts
+
+
+def _plan_files(paths: list[str], exclude: list[str], parser: argparse.ArgumentParser) -> list[Entry]:
+    found = discover(paths, exclude)
+    if found.missing:
+        parser.error(f"{', '.join(visible(raw) for raw in found.missing)}: no such file or folder")
+    return list(found.entries)
 
 
 def _validate(args, parser) -> int:
-    files = _plan_files(args.paths, parser)
-    problems = [p for f in files for p in check(f)]
-    sys.stdout.write(FORMATS[args.format](problems, files))
-    return 1 if problems else 0
+    entries = _plan_files(args.paths, args.exclude, parser)
+    problems = [p for entry in entries for p in ([entry.problem] if entry.problem else check(entry.path))]
+    report = FORMATS[args.format](problems, [entry.path for entry in entries])
+    try:
+        sys.stdout.write(report)
+    except UnicodeEncodeError:  # an output encoding that cannot show a name's characters: escape, never fail
+        encoding = sys.stdout.encoding or "ascii"
+        sys.stdout.write(report.encode(encoding, "backslashreplace").decode(encoding))
+    return 1 if any(args.strict or is_error(p) for p in problems) else 0  # warnings fail only under --strict
 
 
 def _show(args, parser) -> int:
     try:
-        plan = load_plan(_existing(args.plan, parser))
+        plan = load_plan(_existing(args.plan, parser, "show"))
     except PlanError as exc:
         return _fail(exc.problems)
     print(plan.offload_seq)
@@ -105,40 +184,204 @@ def _show(args, parser) -> int:
 
 
 def _schema(args, parser) -> int:
-    from planner.rules import schema_text
+    from planner.rules.schema import schema_text
 
     sys.stdout.write(schema_text())
     return 0
 
 
 def _apply(args, parser) -> int:
+    _require_apply_extra(parser, "apply")
+    problem = _apply_path_problem(args)
+    if problem:
+        _usage(parser, "apply", problem)
     overrides = {key: value for key, value in (("device", args.device), ("gpu_id", args.gpu_id)) if value is not None}
     try:
-        plan = load_plan(_existing(args.plan, parser), overrides)
+        plan = load_plan(_existing(args.plan, parser, "apply"), overrides)
     except PlanError as exc:
         return _fail(exc.problems)
-    from planner.executor import generate
+    from planner.executor import generate  # imports no torch: run() checks the source folder before it does
 
     try:
-        report = generate.run(plan, generate.Request.from_args(args))
+        report = generate.run(plan, generate.Request.from_args(args, progress=_progress(args)))
     except PlanError as exc:
         return _fail(exc.problems)
+    except ImportError as exc:  # the apply extra is there but does not import (a broken or partial install)
+        _usage(parser, "apply", f"cannot import {exc.name or 'a dependency'} ({exc}): {APPLY_EXTRA}")
+    except OSError as exc:  # writing the outputs at the end: the disk filled up, a folder went away
+        sys.stderr.write(f"planner apply: error: {exc}\n")
+        return 1
     sys.stdout.write(report)
     return 0
 
 
 def _tiny(args, parser) -> int:
+    _require_apply_extra(parser, "tiny")
     from planner.executor import generate, tiny
 
-    generate.quiet()
-    print(f"tiny {args.kind} pipeline in {tiny.build(args.kind, args.folder)}")
+    if not args.folder or not tiny.built(args.kind, args.folder):  # "" would name the working folder
+        problem = _folder_problem(args.folder) or tiny.folder_problem(args.folder)
+        if problem:
+            _usage(parser, "tiny", problem)
+    try:
+        with generate.console(_progress(args)):
+            folder = tiny.build(args.kind, args.folder)
+    except tiny.FolderInUse as exc:  # filled between the check and the build
+        _usage(parser, "tiny", str(exc))
+    except OSError as exc:
+        sys.stderr.write(f"planner tiny: error: {exc}\n")
+        return 1
+    print(f"tiny {args.kind} pipeline in {folder}")
     return 0
 
 
-def _existing(path: str, parser: argparse.ArgumentParser) -> str:
-    if not Path(path).is_file():
-        parser.error(f"{path}: no such file")
+def _progress(args) -> bool:
+    """Progress bars on stderr: only on a terminal, and not with --quiet."""
+    try:
+        return not args.quiet and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+def _require_apply_extra(parser, command: str) -> None:
+    """Exit 2 naming the extra to install when the executor's dependencies are missing (a core-only install)."""
+    from planner.executor import missing
+
+    absent = missing()
+    if absent:
+        _usage(parser, command, f"needs the apply extra ({', '.join(absent)} not installed): {APPLY_EXTRA}")
+
+
+def _apply_path_problem(args) -> str | None:
+    """The first input or output path `apply` could not use, found now rather than after loading and generating."""
+    for flag, value in (("--out", args.out), ("--trace-json", args.trace_json)):
+        problem = _output_problem(value) if value is not None else None
+        if problem:
+            return f"{flag}: {problem}"
+    if args.out is not None and (problem := _image_format_problem(args.out)):
+        return f"--out: {problem}"
+    if args.out and args.trace_json and os.path.abspath(args.out) == os.path.abspath(args.trace_json):
+        return f"--out and --trace-json name the same file {args.out!r}: give each its own"
+    if args.image is not None and (problem := _image_problem(args.image)):
+        return f"--image: {problem}"
+    return None
+
+
+def _nearest(path: Path) -> tuple[Path, os.stat_result]:
+    """`path` or its nearest ancestor that exists, with its stat; raises OSError (no permission to look) or
+    ValueError (a NUL byte)."""
+    for place in (path, *path.parents):
+        try:
+            return place, os.stat(place)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return Path("."), os.stat(".")  # a relative path's parents end at "." itself
+
+
+def _creatable_in(folder: Path) -> str | None:
+    """Why nothing can be created in the existing `folder`, found by doing it: an unnamed temporary file is opened
+    there and vanishes (permission bits alone would pass for root, and miss a read-only file system)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return f"cannot create files in {str(folder)!r}: {exc.strerror or exc}"
+
+
+def _output_problem(path: str) -> str | None:
+    """Why a file could not be written at `path` when the run ends, or None. Missing folders are fine (they are
+    created then) when the nearest existing one lets us create an entry; nothing is written now."""
+    if not path:
+        return "an empty path: name a file"
+    if path.endswith(("/", os.sep)):
+        return f"{path!r} names a folder: name a file in it"
+    try:
+        place, info = _nearest(Path(path))
+    except (OSError, ValueError) as exc:
+        return f"cannot reach {path!r}: {getattr(exc, 'strerror', None) or exc}"
+    if place == Path(path):
+        if stat.S_ISDIR(info.st_mode):
+            return f"{path!r} is a folder: name a file in it"
+        if stat.S_ISREG(info.st_mode):
+            try:
+                open(path, "ab").close()  # opening to append changes neither the content nor the time stamps
+            except OSError as exc:
+                return f"{path!r} cannot be written: {exc.strerror or exc}"
+        return None  # an existing special file (/dev/null, a pipe from the shell) is the user's choice
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{str(place)!r} is a file, so {path!r} cannot be created under it"
+    return _creatable_in(place)
+
+
+def _folder_problem(path: str) -> str | None:
+    """Why the folder `path` could not be created or written to, or None; like `_output_problem` for a folder."""
+    if not path:
+        return "the folder is an empty string: name a folder"
+    try:
+        place, info = _nearest(Path(path))
+    except (OSError, ValueError) as exc:
+        return f"cannot reach {path!r}: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISDIR(info.st_mode):
+        if place == Path(path):
+            return f"{path!r} is a file, not a folder"
+        return f"{str(place)!r} is a file, so {path!r} cannot be created under it"
+    return _creatable_in(place)
+
+
+def _image_format_problem(path: str) -> str | None:
+    """Why PIL could not write the RGB image to `path` (an extension it does not know or cannot write an RGB
+    image in), found by writing a tiny image in that format to memory."""
+    from PIL import Image
+
+    extension = os.path.splitext(path)[1].lower()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in Image.SAVE:
+        return (f"{path!r} has {f'the extension {extension!r}' if extension else 'no extension'}, which names no "
+                "image format PIL can write: use .png, .jpg or .webp")
+    try:
+        Image.new("RGB", (8, 8)).save(io.BytesIO(), format=image_format)
+    except Exception as exc:  # a plugin without a save handler, or one that takes no RGB images
+        return f"PIL cannot write an RGB image as {image_format} ({exc}): use .png, .jpg or .webp"
+    return None
+
+
+def _image_problem(path: str) -> str | None:
+    """Why `path` is not an image PIL can read, or None; reads the header only."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path!r} is {'a folder' if stat.S_ISDIR(info.st_mode) else 'not a regular file'}: name an image"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return None
+    except UnidentifiedImageError:
+        return f"{path!r} is not an image PIL can read"
+    except Exception as exc:  # an image too large to decode safely, an unreadable file
+        return f"cannot read {path!r} as an image: {type(exc).__name__}: {exc}"
+
+
+def _existing(path: str, parser, command: str) -> str:
+    """`path`, or exit 2 when it is not a regular file (a FIFO or a device would block or never end)."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        _usage(parser, command, f"{path}: no such file")
+    except (OSError, ValueError) as exc:
+        _usage(parser, command, f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
+    if stat.S_ISDIR(info.st_mode):
+        _usage(parser, command, f"{path}: is a folder: name a plan file (planner validate takes folders)")
+    if not stat.S_ISREG(info.st_mode):
+        _usage(parser, command, f"{path}: not a regular file: name a plan file")
     return path
+
+
+def _usage(parser, command: str, message: str) -> None:
+    """Exit 2 with one line, `planner COMMAND: error: MESSAGE` (argparse's words, without the usage dump)."""
+    parser.exit(2, f"{parser.prog} {command}: error: {message}\n")
 
 
 def _fail(problems: list[Problem]) -> int:

@@ -1,4 +1,7 @@
-"""Bytes -> plain data with the line and column of every key and value.
+"""A plan file -> plain data with the line and column of every key and value.
+
+`read_plan_bytes` is the one bounded, non-blocking way a plan file is read (at most MAX_PLAN_BYTES); `load` turns
+the bytes into a `Document`.
 
 Only safe YAML is built, and this module builds it itself from the parser's events (no constructor ever runs
 on a tag): dicts, lists and scalars, refusing duplicate keys, foreign tags, several documents, alias expansion
@@ -10,12 +13,24 @@ pure-Python parser whether or not libyaml is installed.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
-from planner.plan import Problem
+from planner.plan import PlanError, Problem
+from planner.rules import PLN000, PLN001, PLN002, PLN003, PLN004, PLN005, PLN006, PLN007, PLN008, PLN009, PLN010
+
+# The largest plan file read: a plan is a few hundred bytes, and a path named by mistake (a log, a disk image,
+# /dev/zero) must cost no more than reading this much.
+MAX_PLAN_BYTES = 1024 * 1024
+_NOT_A_PLAN = "name a plan file (a regular file of at most 1 MiB)"
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 # The whole expanded document may hold at most this many nodes: a plan has a few dozen, a "billion laughs"
 # file has billions. Counting expanded nodes bounds the work, not only the nesting.
@@ -32,6 +47,11 @@ _PURE = yaml.SafeLoader
 _DIVERGENT = r"[\t\x85\u2028\u2029\ufeff]|(?:^|[ \r\[{,])[!|>]"
 _DIVERGENT_CHARS = "\t\x85\u2028\u2029\ufeff!|>"
 _BREAKS = "\r\n|[\n\r\x85\u2028\u2029]"
+
+# The event classes, looked up once: the builder tests every event against them.
+_ALIAS, _SCALAR = yaml.AliasEvent, yaml.ScalarEvent
+_SEQ_START, _SEQ_END, _MAP_START, _MAP_END = (yaml.SequenceStartEvent, yaml.SequenceEndEvent, yaml.MappingStartEvent,
+                                              yaml.MappingEndEvent)
 
 _Y = "tag:yaml.org,2002:"
 _STR, _SEQ, _MAP = _Y + "str", _Y + "seq", _Y + "map"
@@ -79,8 +99,8 @@ class Document:
 
     `marks[path]` is the (line, column) of the value at that path (a tuple of keys and indexes);
     `key_marks[path]` is that of the key that names it. `raw_scalars[path]` keeps the source spelling of a
-    scalar, so rules can show a number as it was written. `aliases[path]` is the path of the anchored node
-    that the alias at `path` repeats; nodes read through an alias are located at the alias.
+    scalar that is not a plain name, so rules can show a number as it was written. `aliases[path]` is the path
+    of the anchored node that the alias at `path` repeats; nodes read through an alias are located at the alias.
     """
 
     path: str
@@ -102,9 +122,9 @@ class Document:
             path = path[:-1]
         return self.marks.get(path, (1, 1))
 
-    def problem(self, path: tuple, rule: str, message: str, fix: str = "", key: bool = False) -> Problem:
-        line, column = self.where(path, key)
-        return Problem(self.path, line, column, rule, message, fix)
+    def problem(self, path: tuple, rule, message: str, fix: str | None = None, key: bool = False) -> Problem:
+        """A problem of `rule` (a `planner.rules.Rule`) at the node `path` (its key with `key`)."""
+        return rule.at(self, path, message, fix, key)
 
     def is_refused(self, path: tuple) -> bool:
         """Whether the node at `path` (or one above it, through aliases too) was refused by the loader."""
@@ -127,6 +147,89 @@ class Document:
         return None
 
 
+def read_plan_bytes(path: str | Path) -> bytes:
+    """The bytes of the plan file at `path`; raises `PlanError` with one PLN000 problem naming the path and what
+    it is when it is not a regular file of at most MAX_PLAN_BYTES bytes (a folder, a FIFO, a device, a dangling
+    symlink, a file that cannot be opened). Never blocks and never reads more than MAX_PLAN_BYTES + 1 bytes: the
+    path is stat'ed before anything is opened, and the open is non-blocking in case a FIFO replaced the file."""
+    path = os.fsdecode(path)
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:
+        raise PlanError([_missing(path, exc)]) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PlanError([_unreadable(path, f"{path} is {_kind(info.st_mode)}, not a plan file")])
+    if info.st_size > MAX_PLAN_BYTES:
+        raise PlanError([_too_large(path)])
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise PlanError([_missing(path, exc)]) from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):  # replaced between the stat and the open
+            raise PlanError([_unreadable(path, f"{path} is {_kind(opened.st_mode)}, not a plan file")])
+        # asked for by its size (one byte more, to see it end): os.read allocates all it is asked for
+        chunks, size, wanted = [], 0, min(MAX_PLAN_BYTES, opened.st_size) + 1
+        while size <= MAX_PLAN_BYTES:
+            chunk = os.read(fd, wanted)
+            chunks.append(chunk)
+            size += len(chunk)
+            if len(chunk) < wanted:  # a regular file gives less than asked only at its end
+                break
+            wanted = min(MAX_PLAN_BYTES + 1 - size, 1 << 16)  # it grew since: read on, within the bound
+    except OSError as exc:
+        raise PlanError([_unreadable(path, f"cannot read {path}: {exc.strerror or exc}", None)]) from None
+    finally:
+        os.close(fd)
+    if size > MAX_PLAN_BYTES:  # it grew after the stat
+        raise PlanError([_too_large(path)])
+    return b"".join(chunks)
+
+
+def _unreadable(path: str, message: str, fix: str | None = _NOT_A_PLAN) -> Problem:
+    """A PLN000 problem of `path`; fix None for the rule's own ("check the path and its permissions")."""
+    return PLN000.problem(path, message, fix)
+
+
+def _too_large(path: str) -> Problem:
+    return _unreadable(path, f"{path} is larger than the {MAX_PLAN_BYTES} bytes (1 MiB) a plan file may have",
+                       "a plan is a few hundred bytes: check that this is the plan file")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _missing(path: str, exc: Exception) -> Problem:
+    """The PLN000 problem of a `path` that cannot be opened, in words that name it."""
+    check = "check the path"
+    if isinstance(exc, ValueError):
+        return _unreadable(path, f"{path!r} is no path (it holds a NUL byte)", check)
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return _unreadable(path, f"{path} is a symbolic link to {_target(path)!r}, which does not exist",
+                           "point the link at the plan file, or name the plan file itself")
+    if exc.errno == errno.ENOENT:
+        return _unreadable(path, f"{path} does not exist", check)
+    if exc.errno == errno.EACCES:
+        return _unreadable(path, f"{path} cannot be read: permission denied",
+                           "check the permissions of the file and of the folders above it")
+    if exc.errno == errno.ELOOP:
+        return _unreadable(path, f"{path} is a loop of symbolic links", check)
+    if exc.errno == errno.ENOTDIR:
+        return _unreadable(path, f"{path} cannot be reached: a part of it is a file, not a folder", check)
+    return _unreadable(path, f"cannot read {path}: {exc.strerror or exc}", None)
+
+
+def _target(link: str) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:  # removed meanwhile
+        return "?"
+
+
 class _Stop(Exception):
     """The document cannot be read further; args[0] is the problem that says why."""
 
@@ -138,9 +241,7 @@ def load(raw: bytes, path: str) -> Document:
         doc.text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line, column = _line_col(raw[: exc.start].decode("utf-8", "replace").removeprefix("\ufeff"))
-        doc.problems.append(Problem(path, line, column, "PLN002",
-                                    f"byte 0x{raw[exc.start]:02x} is not UTF-8",
-                                    "save the plan as UTF-8"))
+        doc.problems.append(PLN002.problem(path, f"byte 0x{raw[exc.start]:02x} is not UTF-8", None, line, column))
         return doc
     return _read(doc, _Loader)
 
@@ -196,8 +297,7 @@ class _Builder:
         self.parser.get_event()  # document end
         after = self.parser.get_event()
         if isinstance(after, yaml.DocumentStartEvent):
-            raise _Stop(self.located(after, "PLN005", "the file holds several YAML documents",
-                                     "keep one plan per file and remove the `---` separator"))
+            raise _Stop(self.located(after, PLN005, "the file holds several YAML documents"))
         if isinstance(value, dict):
             self.doc.data = value
         elif () in self.doc.refused:
@@ -206,21 +306,27 @@ class _Builder:
             self.doc.problems.append(_empty(self.doc.path))
         else:
             kind = "list" if isinstance(value, list) else "scalar"
-            self.doc.problems.append(self.located(event, "PLN009", f"the top level is a {kind}, not a mapping",
-                                                  "write the plan as `key: value` lines (version, device, "
-                                                  "components, ...)"))
+            self.doc.problems.append(self.located(event, PLN009, f"the top level is a {kind}, not a mapping"))
 
     # -- nodes --------------------------------------------------------------------------------------------------
     def node(self, event, path: tuple):
-        if isinstance(event, yaml.AliasEvent):
+        # the hot path of every load: spend() and _mark() written out, a plain scalar read at once
+        kind = type(event)
+        if kind is _ALIAS:
             return self.alias(event, path)
-        self.spend(1, event, len(path))
-        self.doc.marks[path] = _mark(event)
+        depth = len(path)
+        self.budget -= 1
+        if depth > self.reach:
+            self.reach = depth
+        if self.budget < 0 or depth > MAX_DEPTH:
+            self.spend(0, event, depth)
+        mark = event.start_mark
+        self.doc.marks[path] = (mark.line + 1, mark.column + 1)
         name = event.anchor
         if name is None:
-            return self.content(event, path)
+            return self.scalar(event, path) if kind is _SCALAR else self.content(event, path)
         if name in self.anchors or name in self.open:
-            raise _Stop(self.located(event, "PLN003", f"anchor &{name} is defined twice",
+            raise _Stop(self.located(event, PLN003, f"anchor &{name} is defined twice",
                                      "give each anchor its own name"))
         self.open.add(name)
         budget, reach, self.reach = self.budget, self.reach, len(path)
@@ -232,16 +338,16 @@ class _Builder:
         return value
 
     def content(self, event, path: tuple):
-        if isinstance(event, yaml.ScalarEvent):
+        kind = type(event)
+        if kind is _SCALAR:
             return self.scalar(event, path)
-        if isinstance(event, yaml.SequenceStartEvent):
+        if kind is _SEQ_START:
             items = self.sequence(path)
             return items if _untagged(event.tag, _SEQ) else self.refuse(event, path, "a list")
-        if isinstance(event, yaml.MappingStartEvent):
+        if kind is _MAP_START:
             mapping = self.mapping(path)
             return mapping if _untagged(event.tag, _MAP) else self.refuse(event, path, "a mapping")
-        raise _Stop(self.located(event, "PLN003", f"YAML syntax error: unexpected {type(event).__name__}",
-                                 "fix the YAML at this place"))
+        raise _Stop(self.located(event, PLN003, f"YAML syntax error: unexpected {type(event).__name__}"))
 
     def alias(self, event, path: tuple):
         anchor = self.anchor(event)
@@ -254,10 +360,10 @@ class _Builder:
     def anchor(self, event) -> _Anchor:
         name = event.anchor
         if name in self.open:
-            raise _Stop(self.located(event, "PLN007", f"alias *{name} is used inside the node it names, "
-                                     "so the document would nest without end", "write the plan out plainly"))
+            raise _Stop(self.located(event, PLN007, f"alias *{name} is used inside the node it names, "
+                                     "so the document would nest without end"))
         if name not in self.anchors:
-            raise _Stop(self.located(event, "PLN003", f"alias *{name} names no anchor &{name} written before it",
+            raise _Stop(self.located(event, PLN003, f"alias *{name} names no anchor &{name} written before it",
                                      f"define &{name} before using *{name}, or write the value out"))
         return self.anchors[name]
 
@@ -266,38 +372,43 @@ class _Builder:
         self.reach = max(self.reach, depth)
         if self.budget < 0 or depth > MAX_DEPTH:
             what = "expands to too many nodes" if self.budget < 0 else "nests too deeply"
-            raise _Stop(self.located(event, "PLN007", f"the document {what} (aliases or nesting beyond "
-                                     f"{MAX_NODES} nodes / {MAX_DEPTH} levels)",
-                                     "write the plan out plainly, without alias chains"))
+            raise _Stop(self.located(event, PLN007, f"the document {what} (aliases or nesting beyond "
+                                     f"{MAX_NODES} nodes / {MAX_DEPTH} levels)"))
 
     def sequence(self, path: tuple) -> list:
         items: list = []
-        event = self.parser.get_event()
-        while not isinstance(event, yaml.SequenceEndEvent):
-            items.append(self.node(event, path + (len(items),)))
-            event = self.parser.get_event()
+        next_event, node = self.parser.get_event, self.node
+        event = next_event()
+        while type(event) is not _SEQ_END:
+            items.append(node(event, path + (len(items),)))
+            event = next_event()
         return items
 
     def mapping(self, path: tuple) -> dict:
         out: dict = {}
-        event = self.parser.get_event()
-        while not isinstance(event, yaml.MappingEndEvent):
-            key = self.key(event, path)
-            value_event = self.parser.get_event()
+        next_event, node, key_marks = self.parser.get_event, self.node, self.doc.key_marks
+        event = next_event()
+        while type(event) is not _MAP_END:
+            text = event.value if type(event) is _SCALAR and event.anchor is None and event.tag is None else None
+            if text and (text[0].isalpha() or text[0] == "_") and text not in _WORDS and event.implicit[0]:
+                key = text  # a plain name: the common case, what `key` would find
+            else:
+                key = self.key(event, path)
+            value_event = next_event()
             if key is not None and key in out:
-                first = self.doc.key_marks[path + (key,)]
-                self.doc.problems.append(self.located(event, "PLN006",
-                                                      f"duplicate key {key!r} (first at line {first[0]})",
-                                                      "keep one; YAML would silently use the last"))
+                first = key_marks[path + (key,)]
+                self.doc.problems.append(self.located(event, PLN006,
+                                                      f"duplicate key {key!r} (first at line {first[0]})"))
                 key = None
             if key is None:
-                self.node(value_event, path + (_Discarded(),))  # read for its anchors and its own problems
+                node(value_event, path + (_Discarded(),))  # read for its anchors and its own problems
             else:
-                self.doc.key_marks[path + (key,)] = _mark(event)
-                out[key] = self.node(value_event, path + (key,))
-                if _nothing(value_event):  # `key:` alone; libyaml and PyYAML place the empty value apart
-                    self.doc.marks[path + (key,)] = _mark(event)
-            event = self.parser.get_event()
+                child, mark = path + (key,), event.start_mark
+                key_marks[child] = (mark.line + 1, mark.column + 1)
+                out[key] = node(value_event, child)
+                if type(value_event) is _SCALAR and not value_event.value and _nothing(value_event):
+                    self.doc.marks[child] = key_marks[child]  # `key:` alone: libyaml and PyYAML place it apart
+            event = next_event()
         return out
 
     def key(self, event, path: tuple) -> str | None:
@@ -305,30 +416,30 @@ class _Builder:
         if isinstance(event, yaml.AliasEvent):
             text = self.anchor(event).text
             if text is None:
-                self.doc.problems.append(self.located(event, "PLN009", "a list or mapping cannot be a key",
+                self.doc.problems.append(self.located(event, PLN009, "a list or mapping cannot be a key",
                                                       "use a plain name as the key"))
             return text
         if not isinstance(event, yaml.ScalarEvent):
             kind = "list" if isinstance(event, yaml.SequenceStartEvent) else "mapping"
             self.node(event, path + (_Discarded(),))
-            self.doc.problems.append(self.located(event, "PLN009", f"a {kind} cannot be a key",
+            self.doc.problems.append(self.located(event, PLN009, f"a {kind} cannot be a key",
                                                   "use a plain name as the key"))
             return None
         if event.anchor is not None:  # an anchored key: its alias can only be a key (or its text)
             if event.anchor in self.anchors or event.anchor in self.open:
-                raise _Stop(self.located(event, "PLN003", f"anchor &{event.anchor} is defined twice",
+                raise _Stop(self.located(event, PLN003, f"anchor &{event.anchor} is defined twice",
                                          "give each anchor its own name"))
             self.anchors[event.anchor] = _Anchor(event.value, None, 1, 0, event.value)
         if event.tag is None and event.implicit[0]:
             if event.value == "<<":
-                self.doc.problems.append(self.located(event, "PLN008", "merge keys (`<<`) are not allowed in a plan",
+                self.doc.problems.append(self.located(event, PLN008, "merge keys (`<<`) are not allowed in a plan",
                                                       "write the keys out"))
                 return None
             read = _read_plain(event.value)[1]
             if read is not None:
                 self.doc.problems.append(self.ambiguous(event, *read))
         elif not _untagged(event.tag, _STR):
-            self.doc.problems.append(self.located(event, "PLN008", f"tag {_short(event.tag)!r} is not allowed on "
+            self.doc.problems.append(self.located(event, PLN008, f"tag {_short(event.tag)!r} is not allowed on "
                                                   "a key", "remove the tag: keys are plain names"))
             return None
         return event.value
@@ -336,14 +447,17 @@ class _Builder:
     # -- scalars ------------------------------------------------------------------------------------------------
     def scalar(self, event, path: tuple):
         text = event.value
+        plain = event.tag is None and event.implicit[0]
+        if plain and text and (text[0].isalpha() or text[0] == "_") and text not in _WORDS:
+            return text  # a name, as `_read_plain` reads it, without the call (its own text: no raw spelling kept)
         self.doc.raw_scalars[path] = text
-        if event.tag is None and event.implicit[0]:  # plain: read by YAML 1.1 and 1.2 rules alike, or refused
+        if plain:  # read by YAML 1.1 and 1.2 rules alike, or refused
             value, read = _read_plain(text)
             if read is None:
                 return value
             if read[0] is _INVALID and read[1] is _INVALID:
                 return self.refuse(event, path, problem=self.located(
-                    event, "PLN007", f"the number `{text[:20]}...` has {len(text)} digits",
+                    event, PLN007, f"the number `{text[:20]}...` has {len(text)} digits",
                     "write a number a plan can use"))
             return self.refuse(event, path, problem=self.ambiguous(event, *read))
         if _untagged(event.tag, _STR):  # quoted, `!` or `!!str`
@@ -354,7 +468,7 @@ class _Builder:
         r11, r12 = _tagged11(kind, text), _tagged12(kind, text)
         if r11 is _INVALID and r12 is _INVALID:
             return self.refuse(event, path, problem=self.located(
-                event, "PLN008", f"tag {_short(event.tag)!r} cannot hold {text!r}",
+                event, PLN008, f"tag {_short(event.tag)!r} cannot hold {text!r}",
                 f"write {_TAG_WANTS[kind]}, or remove the tag"))
         if not _same(r11, r12):
             return self.refuse(event, path, problem=self.ambiguous(event, r11, r12))
@@ -378,24 +492,22 @@ class _Builder:
         invalid = f"no valid {tag.strip()}" if tag else _INVALID.words
         words = [invalid if value is _INVALID else _words(value) for value in (r11, r12)]
         second = words[1] if r12 is _JSON_STRING else f"{words[1]} in YAML 1.2"
-        return self.located(event, "PLN010", f"{shown} is {words[0]} in YAML 1.1 but {second}", fix)
+        return self.located(event, PLN010, f"{shown} is {words[0]} in YAML 1.1 but {second}", fix)
 
     def refuse(self, event, path: tuple, holds: str = "", problem: Problem | None = None) -> None:
         """Record that the node at `path` has no value, with `problem` (default: its tag is not allowed)."""
         if problem is None:
             tag = _short(event.tag)
             standard = tag.startswith("!!") and tag[2:] in (*_TAG_WANTS, "str", "seq", "map")
-            problem = self.located(event, "PLN008",
-                                   f"tag {tag!r} cannot hold {holds}" if standard
-                                   else f"tag {tag!r} is not allowed in a plan",
-                                   "remove the tag: plans hold plain strings, numbers, lists and mappings")
+            problem = self.located(event, PLN008, f"tag {tag!r} cannot hold {holds}" if standard
+                                   else f"tag {tag!r} is not allowed in a plan")
         self.doc.refused.add(path)
         self.doc.problems.append(problem)
         return None
 
-    def located(self, event, rule: str, message: str, fix: str) -> Problem:
+    def located(self, event, rule, message: str, fix: str | None = None) -> Problem:
         line, column = _mark(event)
-        return Problem(self.doc.path, line, column, rule, message, fix)
+        return rule.problem(self.doc.path, message, fix, line, column)
 
 
 class _Discarded:
@@ -536,27 +648,24 @@ def _spelling(value) -> str | None:
 
 
 def _empty(path: str) -> Problem:
-    return Problem(path, 1, 1, "PLN001", "the plan is empty",
-                   "write at least `version: 1`, `device` and `components`")
+    return PLN001.problem(path, "the plan is empty", line=1, column=1)
 
 
 def _yaml_problem(doc: Document, exc: yaml.YAMLError) -> Problem:
     if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
         line, column = _line_col(doc.text[: exc.position])
         char = exc.character if isinstance(exc.character, str) else chr(exc.character)
-        return Problem(doc.path, line, column, "PLN003", f"not YAML: the character U+{ord(char):04X} is not allowed",
-                       "remove the character")
+        return PLN003.problem(doc.path, f"not YAML: the character U+{ord(char):04X} is not allowed",
+                              "remove the character", line, column)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     problem = getattr(exc, "problem", None) or str(exc)
     lines = doc.text.splitlines()
     char = lines[line - 1][column - 1: column] if 0 < line <= len(lines) else ""
     if char == "\t" or "\\t" in problem:
-        return Problem(doc.path, line, column, "PLN004", "a tab is used for indentation",
-                       "indent with spaces; YAML does not allow tabs there")
+        return PLN004.problem(doc.path, "a tab is used for indentation", None, line, column)
     context = f" {exc.context}" if getattr(exc, "context", None) else ""
-    return Problem(doc.path, line, column, "PLN003", f"YAML syntax error:{context} {problem}".replace("  ", " "),
-                   "fix the YAML at this place")
+    return PLN003.problem(doc.path, f"YAML syntax error:{context} {problem}".replace("  ", " "), None, line, column)
 
 
 def _mark(event) -> tuple[int, int]:

@@ -1,14 +1,22 @@
-"""The component DAG and its one deterministic order (networkx), and cycles reported by their path."""
+"""The component DAG and its one deterministic order, and cycles reported by their path.
+
+Ordering a plan's few components is a heap walk done here (it runs for every plan, and must cost less than
+reading it); networkx, imported only when a plan has a cycle (or for `graph`), finds the cycles.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import heapq
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def graph(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> nx.DiGraph:
-    """A DAG over `names`; an edge (a, b) means b runs after a."""
+    """A networkx DAG over `names`; an edge (a, b) means b runs after a."""
+    import networkx as nx
+
     g = nx.DiGraph()
     g.add_nodes_from(names)
     g.add_edges_from(edges)
@@ -16,39 +24,34 @@ def graph(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> nx.DiGraph:
 
 
 def order(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> tuple[str, ...]:
-    """`names` in dependency order, ties broken by their place in `names` (declaration order in the file).
+    """`names` in dependency order, ties broken by their place in `names` (declaration order in the file): of the
+    components whose predecessors have all run, the first declared runs next (networkx's
+    `lexicographical_topological_sort` keyed by declaration order; a test keeps both equal).
 
-    A plan written in diffusers' order therefore reproduces `model_cpu_offload_seq` exactly. Raises
-    `networkx.NetworkXUnfeasible` when the edges hold a cycle (see `cycles` for its path).
+    A plan written in diffusers' order therefore reproduces `model_cpu_offload_seq` exactly. Every edge joins two
+    of `names`. Raises `networkx.NetworkXUnfeasible` when the edges hold a cycle (see `cycles` for its path).
     """
-    return _order(graph(names, edges), _ranks(names))
+    found = _order(names, edges)
+    if found is None:
+        import networkx as nx
+
+        raise nx.NetworkXUnfeasible("the graph has a cycle: no order exists")
+    return found
 
 
 def resolve(names: Sequence[str], edges: Sequence[tuple[str, str]]) -> tuple[tuple[str, ...] | None, list]:
-    """(the order, []) for a DAG, or (None, its cycles) when it has any: one graph, one walk in the common case."""
-    g, rank = graph(names, edges), _ranks(names)
-    try:
-        return _order(g, rank), []
-    except nx.NetworkXUnfeasible:
-        return None, _cycles(g, rank)
+    """(the order, []) for a DAG, or (None, its cycles) when it has any: one walk in the common case."""
+    found = _order(names, edges)
+    return (found, []) if found is not None else (None, cycles(names, edges))
 
 
 def cycles(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> list[tuple[str, ...]]:
     """One cycle per strongly connected group of components, as a closed path in running order
     (`("unet", "vae", "unet")`), starting at the group's first declared name: the shortest such path, ties
     broken by declaration order at each step. Self-loops are not included. Linear in the size of the graph."""
-    return _cycles(graph(names, edges), _ranks(names))
+    import networkx as nx
 
-
-def _ranks(names: Sequence[str]) -> dict[str, int]:
-    return {name: i for i, name in enumerate(names)}
-
-
-def _order(g: nx.DiGraph, rank: dict[str, int]) -> tuple[str, ...]:
-    return tuple(nx.lexicographical_topological_sort(g, key=rank.__getitem__))
-
-
-def _cycles(g: nx.DiGraph, rank: dict[str, int]) -> list[tuple[str, ...]]:
+    g, rank = graph(names, edges), _ranks(names)
     found = []
     for group in nx.strongly_connected_components(g):
         if len(group) < 2:
@@ -56,6 +59,38 @@ def _cycles(g: nx.DiGraph, rank: dict[str, int]) -> list[tuple[str, ...]]:
         start = min(group, key=rank.__getitem__)
         found.append(_shortest_cycle(g.subgraph(group), start, rank))
     return sorted(found, key=lambda p: rank[p[0]])
+
+
+def _ranks(names: Sequence[str]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(names)}
+
+
+def _order(names: Sequence[str], edges: Iterable[tuple[str, str]]) -> tuple[str, ...] | None:
+    """Kahn's walk with a heap of declaration ranks; None when a cycle leaves components unordered. When every
+    edge points forward in declaration order (a list, a DAG written in running order: most plans), the walk would
+    take the names as declared, so they are the order."""
+    rank = _ranks(names)
+    edges = list(edges)
+    if len(rank) == len(names) and all(rank[before] < rank[name] for before, name in edges):
+        return tuple(names)
+    named = {i: name for name, i in rank.items()}
+    after: dict[str, set[str]] = {name: set() for name in rank}
+    waiting = dict.fromkeys(rank, 0)
+    for before, name in edges:
+        if name not in after[before]:
+            after[before].add(name)
+            waiting[name] += 1
+    ready = [rank[name] for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    found = []
+    while ready:
+        name = named[heapq.heappop(ready)]
+        found.append(name)
+        for successor in after[name]:
+            waiting[successor] -= 1
+            if waiting[successor] == 0:
+                heapq.heappush(ready, rank[successor])
+    return tuple(found) if len(found) == len(rank) else None
 
 
 def _shortest_cycle(group: nx.DiGraph, start: str, rank: dict[str, int]) -> tuple[str, ...]:

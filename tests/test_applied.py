@@ -238,6 +238,7 @@ def test_lora_load_keeps_the_plan_and_never_turns_sequential(tiny_pipelines, tmp
     from peft.utils import get_peft_model_state_dict
 
     donor = load(tiny_pipelines["sd"])
+    torch.manual_seed(0)  # random LoRA weights from torch's global generator: not from whatever ran before
     donor.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                                            init_lora_weights=False))
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(donor.unet))
@@ -328,7 +329,7 @@ def test_missing_accelerator_says_to_dry_run(tiny_pipelines, tmp_path, monkeypat
     monkeypatch.setattr(devices, "count", lambda kind: 0)
     pipe = load(tiny_pipelines["sd"])
     rejected(pipe, write_plan(tmp_path, ["unet"]), "PLN303",
-             "no cuda device found: run with --dry-run to trace the plan on the CPU")
+             "no cuda device found: pass dry_run=True to trace the plan on the CPU")
 
 
 def test_gpu_id_beyond_the_device_count_is_rejected(tiny_pipelines, tmp_path, one_cuda):
@@ -392,7 +393,509 @@ def test_failure_while_replacing_a_plan_restores_the_previous_one(tiny_pipelines
     assert chain(pipe) == [("text_encoder", None), ("unet", "text_encoder"), ("vae", "unet")]
 
 
+# -- faults: a call that raises still ends ---------------------------------------------------------------------
+def attributes(pipe) -> dict:
+    """Each submodule's instance attributes, by identity, for every model component: accelerate's leftovers (a
+    `forward` instance attribute, `_old_forward`, `_hf_hook`) show here."""
+    return {f"{name}.{sub}": {k: id(v) for k, v in mod.__dict__.items()}
+            for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
+            for sub, mod in m.named_modules()}
+
+
+def warmed(folder, kind="sd"):
+    """A pipeline called once: transformers installs its output-capturing hooks on a text encoder's first call."""
+    pipe = load(folder)
+    pipe(**call_kwargs(kind))
+    return pipe
+
+
+def figures(trace, call):
+    stats = trace.calls[call]
+    events = [(e.event, e.component, e.bytes, e.reason) for e in trace.events if e.call == call]
+    return events, (stats.loaded_bytes, stats.offloaded_bytes, stats.peak_resident_bytes)
+
+
+class Injected(Exception):
+    pass
+
+
+def _raise(exc=Injected):
+    def hook(*args, **kwargs):
+        raise exc("injected failure")
+    return hook
+
+
+def _in_pipeline_code(pipe):
+    pipe.check_inputs = _raise()  # the pipeline's own code, before any model runs
+
+
+def _before_the_text_encoder(pipe):
+    pipe.text_encoder.register_forward_pre_hook(_raise())  # torch's pre-hooks run before accelerate's
+
+
+def _inside_the_unet(pipe):
+    steps = []
+
+    def second_step(module, args, output):
+        steps.append(1)
+        if len(steps) == 2:
+            raise Injected("injected failure")
+
+    pipe.unet.register_forward_hook(second_step)  # the unet is on the device, the text encoder offloaded
+
+
+def _in_the_vae_decode(pipe):
+    vae = pipe.vae
+
+    def decode(*args, **kwargs):
+        type(vae).decode(vae, *args, **kwargs)  # the vae's hook has fired: it sits on the device
+        raise Injected("injected failure")
+
+    vae.decode = decode
+
+
+def _interrupted_in_the_controlnet(pipe):
+    pipe.controlnet.register_forward_pre_hook(_raise(KeyboardInterrupt))
+
+
+@pytest.mark.parametrize("inject, exc", [
+    (_in_pipeline_code, Injected), (_before_the_text_encoder, Injected), (_inside_the_unet, Injected),
+    (_in_the_vae_decode, Injected), (_interrupted_in_the_controlnet, KeyboardInterrupt),
+], ids=["pipeline-code", "text-encoder", "unet", "vae-decode", "keyboard-interrupt"])
+def test_a_failing_call_through_the_handle_still_ends_the_call(inject, exc, tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["controlnet"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=["controlnet"]),
+                            dry_run=True)
+    applied(**call_kwargs("controlnet"))
+    applied(**call_kwargs("controlnet"))
+    normal = figures(applied.trace, 2)
+    undo = inject_and_undo(pipe, inject)
+    with pytest.raises(exc):
+        applied(**call_kwargs("controlnet"))
+    assert applied.trace.call == 4 and applied.trace.resident == {"controlnet"}  # offloaded as after a call
+    assert applied.active and applied.trace.calls[3].seconds > 0
+    undo()
+    applied(**call_kwargs("controlnet"))
+    assert figures(applied.trace, 4) == normal
+    assert chain(pipe) == [("text_encoder", None), ("unet", "text_encoder"), ("vae", "unet")]
+
+
+def inject_and_undo(pipe, inject):
+    """Run `inject` on `pipe`; returns what takes the injection away again (hooks, instance attributes)."""
+    before = {n: (dict(m._forward_pre_hooks), dict(m._forward_hooks), dict(m.__dict__))
+              for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    had = dict(pipe.__dict__)
+    inject(pipe)
+
+    def undo():
+        for name, (pre, post, attrs) in before.items():
+            module = getattr(pipe, name)
+            module._forward_pre_hooks.clear()
+            module._forward_pre_hooks.update(pre)
+            module._forward_hooks.clear()
+            module._forward_hooks.update(post)
+            for key in set(module.__dict__) - set(attrs) - set(applied_mod.HOOK_KEYS):
+                del module.__dict__[key]
+        for key in set(pipe.__dict__) - set(had):
+            del pipe.__dict__[key]
+
+    return undo
+
+
+def test_a_failure_while_ending_the_call_leaves_the_pipelines_own_error_raised(tiny_pipelines, tmp_path,
+                                                                              monkeypatch):
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    pipe.check_inputs = _raise()
+    monkeypatch.setattr(type(pipe), "maybe_free_model_hooks", _raise(OSError))
+    with pytest.raises(Injected) as info:
+        applied(**call_kwargs("sd"))
+    if hasattr(info.value, "__notes__"):
+        assert "could not end the call: OSError" in info.value.__notes__[0]
+    monkeypatch.undo()
+    del pipe.check_inputs
+    applied(**call_kwargs("sd"))
+    assert applied.trace.resident == set() and applied.active
+
+
+# -- two pipelines sharing components -------------------------------------------------------------------------
+def hooked_forwards(pipe) -> list:
+    """Records, for each model forward of the pipeline's calls, whether a model offload hook was on it."""
+    from accelerate.hooks import CpuOffload
+
+    seen = []
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            module.register_forward_pre_hook(
+                lambda m, a, name=name: seen.append((name, isinstance(getattr(m, "_hf_hook", None), CpuOffload))))
+    return seen
+
+
+@pytest.mark.parametrize("first", ["text", "img2img"])
+def test_removing_one_of_two_plans_sharing_components_keeps_the_other_in_force(first, tiny_pipelines, tmp_path):
+    text = warmed(tiny_pipelines["sd"])
+    img2img = StableDiffusionImg2ImgPipeline(**text.components)
+    img2img.set_progress_bar_config(disable=True)
+    pristine = attributes(text)
+    seen = hooked_forwards(text)
+    img_kwargs = dict(image=Image.new("RGB", (64, 64)), strength=0.9)
+    handles = {"text": planner.apply(text, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True),
+               "img2img": planner.apply(img2img, write_plan(tmp_path, ["text_encoder", "vae", "unet"], name="b.yaml"),
+                                        dry_run=True)}
+    pipes = {"text": (text, {}), "img2img": (img2img, img_kwargs)}
+    for name, (pipe, extra) in pipes.items():  # plain calls of either pipeline offload
+        pipe(**call_kwargs("sd", **extra))
+        handles[name](**call_kwargs("sd", **extra))
+    assert seen and all(hooked for _, hooked in seen)
+    handles[first].remove()
+    other = "img2img" if first == "text" else "text"
+    assert handles[other].active and not handles[first].active
+    for pipe, extra in pipes.values():  # both still offload: the shared modules carry the other plan's hooks
+        seen.clear()
+        pipe(**call_kwargs("sd", **extra))
+        assert seen and all(hooked for _, hooked in seen)
+    calls = handles[other].trace.call
+    pipes[other][0](**call_kwargs("sd", **pipes[other][1]))
+    handles[other](**call_kwargs("sd", **pipes[other][1]))
+    assert handles[other].trace.call == calls + 2 and handles[other].trace.resident == set()
+    handles[other].remove()
+    assert attributes(text) == pristine and not hasattr(text, "_all_hooks") and not hasattr(img2img, "_all_hooks")
+
+
+# -- hooks removed or replaced behind the handle's back -------------------------------------------------------
+def _remove_all_hooks(pipe):
+    pipe.remove_all_hooks()
+
+
+def _diffusers_own_offload(pipe):
+    type(pipe).enable_model_cpu_offload(pipe, device="cpu")  # the class's own, past the plan's shadow
+
+
+def _unet_hook_replaced_by_a_model_offload_hook(pipe):
+    from accelerate.hooks import CpuOffload, add_hook_to_module
+
+    add_hook_to_module(pipe.unet, CpuOffload(execution_device="cpu"))
+
+
+def _unet_hook_removed(pipe):
+    from accelerate.hooks import remove_hook_from_module
+
+    remove_hook_from_module(pipe.unet)
+
+
+def _lora_load_failed_half_way(pipe):
+    from diffusers.loaders.lora_base import _func_optionally_disable_offloading
+
+    _func_optionally_disable_offloading(pipe)  # diffusers removed the hooks; the load then raised
+
+
+def _shadow_overwritten(pipe):
+    pipe.model_cpu_offload_seq = "vae->unet->text_encoder"
+
+
+@pytest.mark.parametrize("displace", [_remove_all_hooks, _diffusers_own_offload,
+                                      _unet_hook_replaced_by_a_model_offload_hook, _unet_hook_removed,
+                                      _lora_load_failed_half_way, _shadow_overwritten],
+                         ids=["remove_all_hooks", "diffusers-offload", "hook-replaced", "hook-removed",
+                              "lora-failed", "shadow-overwritten"])
+def test_hooks_removed_behind_the_handle_are_reinstalled_by_its_next_call(displace, tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    applied(**call_kwargs("sd"))
+    normal = figures(applied.trace, 1)
+    displace(pipe)
+    assert applied.state == "displaced" and not applied.active  # never reports itself active unhooked
+    assert "displaced" in repr(applied)
+    seen = hooked_forwards(pipe)
+    applied(**call_kwargs("sd"))
+    assert seen and all(hooked for _, hooked in seen)
+    assert figures(applied.trace, 2) == normal and applied.active
+    assert chain(pipe) == [("text_encoder", None), ("unet", "text_encoder"), ("vae", "unet")]
+    assert pipe.model_cpu_offload_seq == "text_encoder->unet->vae"
+
+
+def test_a_plain_call_after_remove_all_hooks_ends_with_the_plan_back(tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    pipe.remove_all_hooks()
+    assert not applied.active
+    pipe(**call_kwargs("sd"))  # runs as the pipeline is (no hooks), as diffusers' own offload would
+    assert applied.active and applied.trace.call == 2
+    seen = hooked_forwards(pipe)
+    pipe(**call_kwargs("sd"))
+    assert seen and all(hooked for _, hooked in seen)
+
+
+def test_a_swapped_component_is_hooked_and_the_old_one_given_back(tiny_pipelines, tmp_path):
+    pipe = warmed(tiny_pipelines["sd"])
+    new_unet = load(tiny_pipelines["sd"]).unet
+    old_unet = pipe.unet
+    old_before, new_before = attributes(pipe)["unet."], {k: id(v) for k, v in new_unet.__dict__.items()}
+    old_tree = {n: {k: id(v) for k, v in m.__dict__.items()} for n, m in old_unet.named_modules()}
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    applied(**call_kwargs("sd"))
+    pipe.unet = new_unet
+    assert applied.state == "displaced"
+    applied(**call_kwargs("sd"))
+    assert type(new_unet._hf_hook).__name__ == "CpuOffload" and applied.active
+    assert {n: {k: id(v) for k, v in m.__dict__.items()} for n, m in old_unet.named_modules()} == old_tree
+    assert {k: id(v) for k, v in old_unet.__dict__.items()} == old_before
+    events = [(e.event, e.component) for e in applied.trace.events if e.call == 2]
+    assert events == [("load", "text_encoder"), ("offload", "text_encoder"), ("load", "unet"),
+                      ("offload", "unet"), ("load", "vae"), ("offload", "vae")]
+    applied.remove()
+    assert {k: id(v) for k, v in new_unet.__dict__.items()} == new_before
+
+
+def hook_types(pipe) -> dict:
+    return {f"{name}.{sub}": (type(getattr(m, "_hf_hook", None)).__name__, type(getattr(m, "_diffusers_hook", None)))
+            for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)
+            for sub, m in module.named_modules()}
+
+
+def _sequential_offload(pipe):
+    pipe.enable_sequential_cpu_offload(device="cpu")
+
+
+def _foreign_hook_on_the_unet(pipe):
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    add_hook_to_module(pipe.unet, ModelHook())
+
+
+def _group_offload_through_the_pipeline(pipe):
+    with pytest.raises(ValueError):  # diffusers stops at the first hooked component, after the (excluded) vae
+        pipe.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
+                                  num_blocks_per_group=1)
+
+
+def _group_offload_on_the_vae(pipe):
+    pipe.vae.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
+                                  num_blocks_per_group=1)
+
+
+@pytest.mark.parametrize("block, text", [
+    (_sequential_offload, "AlignDevicesHook (sequential CPU offload or another accelerate hook) was put "
+                                    "on 'text_encoder' after the plan was applied"),
+    (_foreign_hook_on_the_unet, "ModelHook (sequential CPU offload or another accelerate hook) was put on 'unet'"),
+    (_group_offload_on_the_vae, "group offloading was enabled on a component after the plan was applied"),
+    (_group_offload_through_the_pipeline, "group offloading was enabled on a component"),
+], ids=["sequential", "foreign-hook", "group", "group-through-the-pipeline"])
+def test_another_offload_put_on_behind_the_handle_blocks_its_calls(block, text, tiny_pipelines, tmp_path):
+    pipe = warmed(tiny_pipelines["sd"])
+    pristine = attributes(pipe)
+    # the vae is excluded (no hook): diffusers refuses group offloading on a module with an accelerate hook
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet"], exclude=["vae"]), dry_run=True)
+    applied(**call_kwargs("sd"))
+    block(pipe)
+    assert applied.state == "blocked" and not applied.active
+    with pytest.raises(PlanError) as info:
+        applied(**call_kwargs("sd"))
+    assert [p.rule for p in info.value.problems] == ["PLN302"] and text in str(info.value)
+    hooks = hook_types(pipe)
+    if block is not _sequential_offload:  # (accelerate's sequential offload fails on the CPU here)
+        pipe(**call_kwargs("sd"))  # a plain call runs under the other offload, and its end leaves it in place
+    assert hook_types(pipe) == hooks and applied.state == "blocked"
+    with pytest.raises(PlanError):
+        applied(**call_kwargs("sd"))
+    if "group" not in block.__name__:  # group offloading is undone by its own API, not by remove()
+        applied.remove()
+        assert attributes(pipe) == pristine
+        pipe(**call_kwargs("sd"))
+
+
+def test_group_offloading_found_only_at_the_end_of_a_call_blocks_the_next_one(tiny_pipelines, tmp_path):
+    from diffusers.hooks import apply_group_offloading
+
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet"], exclude=["vae"]), dry_run=True)
+    # deep inside an excluded component, where the check before each call does not look
+    apply_group_offloading(pipe.vae.decoder.mid_block, onload_device=torch.device("cpu"), offload_type="block_level",
+                           num_blocks_per_group=1)
+    assert applied.state == "blocked"
+    assert applied(**call_kwargs("sd")).images.shape == (1, 64, 64, 3)  # it ran hooked; its end finds the groups
+    assert applied.trace.call == 2 and applied.trace.resident == set()
+    with pytest.raises(PlanError, match="PLN302 group offloading was enabled"):
+        applied(**call_kwargs("sd"))
+    pipe(**call_kwargs("sd"))  # a plain call's end leaves the group offloading in place, without an error
+    assert applied.trace.call == 3 and applied.state == "blocked"
+
+
+# -- the pipeline and the handle are freed --------------------------------------------------------------------
+def test_dropping_the_pipeline_and_the_handle_frees_both(tiny_pipelines, tmp_path):
+    import gc
+    import weakref
+
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    applied(**call_kwargs("sd"))
+    pipe(**call_kwargs("sd"))
+    refs = [weakref.ref(pipe), weakref.ref(applied), weakref.ref(pipe.unet), weakref.ref(applied.trace)]
+    del pipe, applied
+    gc.collect()
+    assert [r() for r in refs] == [None] * 4
+
+
+def test_diffusers_own_offload_is_freed_too(tiny_pipelines):
+    import gc
+    import weakref
+
+    pipe = load(tiny_pipelines["sd"])
+    pipe.enable_model_cpu_offload(device="cpu")
+    pipe(**call_kwargs("sd"))
+    ref = weakref.ref(pipe)
+    del pipe
+    gc.collect()
+    assert ref() is None
+
+
+def test_dropping_the_handle_alone_keeps_the_plan_in_force(tiny_pipelines, tmp_path):
+    import gc
+
+    pipe = load(tiny_pipelines["sd"])
+    planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    gc.collect()
+    seen = hooked_forwards(pipe)
+    pipe(**call_kwargs("sd"))
+    assert seen and all(hooked for _, hooked in seen)
+    applied = applied_mod.applied_to(pipe)
+    assert applied.active and applied.trace.call == 2
+    applied.remove()
+    assert applied_mod.applied_to(pipe) is None
+
+
+def test_a_dropped_pipeline_sharing_components_with_a_live_one_is_freed(tiny_pipelines, tmp_path):
+    import gc
+    import weakref
+
+    text = load(tiny_pipelines["sd"])
+    img2img = StableDiffusionImg2ImgPipeline(**text.components)
+    img2img.set_progress_bar_config(disable=True)
+    kept = planner.apply(text, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    dropped = planner.apply(img2img, write_plan(tmp_path, ["text_encoder", "vae", "unet"], name="b.yaml"),
+                            dry_run=True)  # its hooks are on the shared modules now
+    refs = [weakref.ref(img2img), weakref.ref(dropped)]
+    del img2img, dropped
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    kept(**call_kwargs("sd"))
+    assert kept.active and kept.trace.call == 2
+
+
+# -- remove() restores every module exactly -------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "controlnet"])
+def test_remove_restores_every_submodule_exactly(kind, tiny_pipelines, tmp_path):
+    pipe = warmed(tiny_pipelines[kind], kind)
+    before, pipe_before = attributes(pipe), state(pipe)
+    exclude = ["controlnet"] if kind == "controlnet" else []
+    applied = planner.apply(pipe, class_plan(tmp_path, pipe) if not exclude else
+                            write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=exclude), dry_run=True)
+    assert attributes(pipe) != before  # the hooks are there
+    applied(**call_kwargs(kind))
+    pipe(**call_kwargs(kind))
+    applied.remove()
+    assert attributes(pipe) == before and state(pipe) == pipe_before
+
+
+def test_remove_keeps_leftovers_that_were_there_before_apply(tiny_pipelines, tmp_path):
+    pipe = warmed(tiny_pipelines["sd"])
+    pipe.enable_sequential_cpu_offload(device="cpu")
+    pipe.remove_all_hooks()  # leaves a `forward` instance attribute on every submodule it hooked
+    before = attributes(pipe)
+    assert "forward" in pipe.unet.conv_in.__dict__
+    with planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True) as applied:
+        applied(**call_kwargs("sd"))
+    assert attributes(pipe) == before
+
+
+def test_rollback_of_a_failed_apply_restores_every_submodule_exactly(tiny_pipelines, tmp_path, monkeypatch):
+    import accelerate
+
+    pipe = warmed(tiny_pipelines["sd"])
+    before = attributes(pipe)
+    real, calls = accelerate.cpu_offload_with_hook, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "cpu_offload_with_hook", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    assert attributes(pipe) == before and applied_mod.applied_to(pipe) is None
+
+
+# -- call times through the API -------------------------------------------------------------------------------
+def test_calls_are_timed_through_the_handle_and_as_plain_calls(tiny_pipelines, tmp_path):
+    import time
+
+    pipe = load(tiny_pipelines["sd"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
+    outer = []
+    for run in (applied, pipe):
+        start = time.perf_counter()
+        run(**call_kwargs("sd"))
+        outer.append(time.perf_counter() - start)
+    handle, plain = applied.trace.calls[1].seconds, applied.trace.calls[2].seconds
+    assert 0 < handle <= outer[0]
+    assert 0 < plain <= outer[1]  # from the first hook firing to the end of the call's re-install
+    assert applied.trace.to_json()["calls"][1]["seconds"] == plain
+
+
+# -- the trace's labels and the summary -----------------------------------------------------------------------
+def test_an_excluded_components_round_trip_is_labelled(tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["controlnet"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=["controlnet"]),
+                            dry_run=True)
+    applied(**call_kwargs("controlnet"))
+    applied(**call_kwargs("controlnet"))
+    labelled = [(e.call, e.event, e.component) for e in applied.trace.events if e.reason == "exclusion round trip"]
+    assert labelled == [(1, "offload", "controlnet"), (2, "load", "controlnet"), (2, "offload", "controlnet"),
+                        (3, "load", "controlnet")]
+    first = applied.trace.events[0]
+    assert (first.event, first.component, first.reason) == ("load", "controlnet", None)  # put there once by apply
+    assert all(e.reason is None for e in applied.trace.events if e.component != "controlnet")
+    assert applied.trace.to_json()["events"][-1]["reason"] == "exclusion round trip"
+
+
+def test_summary_lists_components_in_running_order_and_the_events(tiny_pipelines, tmp_path):
+    from planner.executor.generate import Request, summary
+
+    pipe = load(tiny_pipelines["controlnet"])
+    plan = write_plan(tmp_path, ["unet", "vae", "text_encoder"])  # controlnet outside the plan: its own hook
+    applied = planner.apply(pipe, plan, dry_run=True)
+    applied(**call_kwargs("controlnet"))
+    table = summary(applied, Request(calls=1)).split("\n\n")[1].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["unet", "vae", "text_encoder", "controlnet"]
+    assert "controlnet (own hook)" in table[-1]
+    assert "transfer" not in summary(applied, Request(calls=1))
+    applied.remove()
+
+    pipe = load(tiny_pipelines["controlnet"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=["controlnet"],
+                                             name="b.yaml"), dry_run=True)
+    for _ in range(2):
+        applied(**call_kwargs("controlnet"))
+    text = summary(applied, Request(calls=2, events=True))
+    assert [line.split()[0] for line in text.split("\n\n")[1].splitlines()[1:]] == \
+        ["text_encoder", "unet", "vae", "controlnet"]
+    events = text.split("\n\n")[3].splitlines()
+    assert events[0].split() == ["call", "transfer", "component", "size", "why"]
+    assert events[1].split()[:3] == ["1", "load", "controlnet"] and "round trip" not in events[1]
+    assert events[2].split()[:3] == ["1", "load", "text_encoder"]
+    assert sum("exclusion round trip" in line for line in events[:-1]) == 3
+    assert events[-1] == "(and 1 after the last call: load controlnet (exclusion round trip))"
+    assert summary(applied, Request(calls=2, events=True), events=False) == summary(applied, Request(calls=2))
+
+
 # -- on a real accelerator (skipped on CPU-only machines such as CI) ------------------------------------------
+def on_cuda(pipe) -> set:
+    return {n for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)
+            and next(m.parameters()).device.type == "cuda"}
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -407,9 +910,9 @@ def test_on_gpu_hooks_equal_diffusers_and_only_exclusions_stay(kind, tiny_pipeli
         a = ours(**call_kwargs(kind)).images
         b = theirs(**call_kwargs(kind)).images
         assert (a == b).all()
-        on_device = {n for n, m in ours.components.items() if isinstance(m, torch.nn.Module)
-                     and next(m.parameters()).device.type == "cuda"}
-        assert on_device == set(ours.components) & applied.plan.exclude
+        on_device = on_cuda(ours)
+        models = {n for n, m in ours.components.items() if isinstance(m, torch.nn.Module)}
+        assert on_device == models & applied.plan.exclude  # (a None component, such as safety_checker, is none)
         assert applied.trace.resident == on_device and applied.trace.call == call + 1
     assert hooks_of(ours) == hooks_of(theirs)
 
@@ -428,3 +931,39 @@ def test_on_gpu_trace_follows_real_transfers(tiny_pipelines, tmp_path):
         ("load", "text_encoder"), ("offload", "text_encoder"), ("load", "unet"), ("offload", "unet"),
         ("load", "vae"), ("offload", "vae")]
     assert all(next(m.parameters()).device.type == "cpu" for m in (pipe.text_encoder, pipe.unet, pipe.vae))
+
+
+@gpu
+@pytest.mark.parametrize("inject, exc", [(_inside_the_unet, Injected), (_in_the_vae_decode, Injected),
+                                         (_interrupted_in_the_controlnet, KeyboardInterrupt)],
+                         ids=["unet", "vae-decode", "keyboard-interrupt"])
+def test_on_gpu_a_failing_call_ends_with_only_the_exclusions_on_the_device(inject, exc, tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["controlnet"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=["controlnet"]))
+    applied(**call_kwargs("controlnet"))
+    normal = figures(applied.trace, 1)[1]
+    undo = inject_and_undo(pipe, inject)
+    with pytest.raises(exc):
+        applied(**call_kwargs("controlnet"))
+    assert on_cuda(pipe) == {"controlnet"} == applied.trace.resident
+    undo()
+    applied(**call_kwargs("controlnet"))
+    assert on_cuda(pipe) == {"controlnet"} and figures(applied.trace, 3)[1][:2] == normal[:2]
+
+
+@gpu
+def test_on_gpu_remove_puts_every_module_back_exactly_and_sharing_plans_keep_offloading(tiny_pipelines, tmp_path):
+    text = warmed(tiny_pipelines["sd"])
+    img2img = StableDiffusionImg2ImgPipeline(**text.components)
+    img2img.set_progress_bar_config(disable=True)
+    before = attributes(text)
+    a = planner.apply(text, write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=[]))
+    b = planner.apply(img2img, write_plan(tmp_path, ["text_encoder", "vae", "unet"], name="b.yaml"))
+    text.remove_all_hooks()  # behind a's back: its next call re-installs
+    a(**call_kwargs("sd"))
+    assert on_cuda(text) == set()
+    a.remove()
+    img2img(**call_kwargs("sd", image=Image.new("RGB", (64, 64)), strength=0.9))
+    assert on_cuda(img2img) == set() and b.active
+    b.remove()
+    assert attributes(text) == before and on_cuda(text) == set()

@@ -5,8 +5,9 @@ from conftest import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner import loader, rules
+from planner import loader
 from planner.fastschema import compile_schema, ecma_regex
+from planner.rules import schema
 
 try:
     import regress
@@ -17,8 +18,8 @@ except ImportError:  # an optional oracle: check-jsonschema's regex engine
 def agree(data):
     """The compiled predicate agrees with jsonschema, and the pruned validator that explains errors finds the
     same errors as jsonschema walking everything."""
-    assert rules._fast_check()(data) == rules._authority().is_valid(data), data
-    assert _errors(rules._validator(), data) == _errors(rules._authority(), data), data
+    assert schema.fast_check()(data) == schema.authority().is_valid(data), data
+    assert _errors(schema.validator(), data) == _errors(schema.authority(), data), data
 
 
 def _errors(validator, data) -> list:
@@ -64,7 +65,7 @@ def test_patterns_end_at_the_true_end_of_the_string_in_both():
                  {"version": 1, "device": "cuda", "components": ["unet\n"]},
                  {"version": 1, "device": "cuda", "components": {"unet\n": None}},
                  {"version": 1, "device": "cuda", "components": ["unet"], "pipeline": {"class": "X\n"}}):
-        assert rules._fast_check()(data) is False and rules._authority().is_valid(data) is False, data
+        assert schema.fast_check()(data) is False and schema.authority().is_valid(data) is False, data
         agree(data)
 
 
@@ -78,7 +79,7 @@ def test_ecma_regex_translates_only_the_end_anchor():
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.sampled_from("aZ_9-:0\n\r \u2028é"), max_size=8))
 def test_schema_patterns_agree_with_an_ecma_262_engine(text):
-    for pattern in _patterns(rules._schema()):
+    for pattern in _patterns(schema.schema()):
         assert bool(ecma_regex(pattern).search(text)) == bool(regress.Regex(pattern).find(text)), (pattern, text)
 
 
@@ -104,3 +105,49 @@ def test_unknown_keywords_fall_back_to_jsonschema():
 def test_recursive_reference_compiles():
     check = compile_schema({"$defs": {"t": {"type": "array", "items": {"$ref": "#/$defs/t"}}}, "$ref": "#/$defs/t"})
     assert check([[], [[]]]) and not check([[1]])
+
+
+def test_keywords_before_type_never_test_an_instance_of_another_type():
+    check = compile_schema({"minLength": 1, "pattern": "^a", "type": "string"})
+    assert check("ab") and not check(5) and not check(["a"]) and not check("")
+
+
+leaf_schemas = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "array", "object", "null",
+                                                    "boolean"])}),
+    st.builds(lambda t: {"type": t}, st.lists(st.sampled_from(["string", "integer", "array", "object"]), min_size=1,
+                                              max_size=2, unique=True)),
+    st.builds(lambda v: {"const": v}, st.sampled_from([1, "a", True, None, 1.0])),
+    st.builds(lambda v: {"enum": v}, st.lists(st.sampled_from(["a", "b", 1, True]), min_size=1, max_size=3)),
+    st.builds(lambda v: {"type": "string", "enum": v}, st.lists(st.sampled_from(["a", "b"]), min_size=1)),
+    st.builds(lambda v: {"type": "integer", "const": v}, st.sampled_from([0, 1])),
+    st.builds(lambda v: {"pattern": v}, st.sampled_from(["^a$", "b", "^[a-z]+$"])),
+    st.builds(lambda n: {"minLength": n}, st.integers(0, 2)),
+    st.builds(lambda n: {"minimum": n, "maximum": n + 2}, st.integers(-1, 1)),
+    st.builds(lambda n: {"type": "integer", "minimum": n}, st.integers(-1, 1)),
+    st.builds(lambda n: {"minItems": n}, st.integers(0, 2)),
+    st.builds(lambda n: {"minProperties": n}, st.integers(0, 2)),
+    st.builds(lambda r: {"required": r}, st.lists(st.sampled_from(["a", "b"]), unique=True)),
+    st.just({"not": {}}), st.just({}))
+random_schemas = st.recursive(leaf_schemas, lambda inner: st.one_of(
+    st.builds(lambda s: {"items": s}, inner), st.builds(lambda s: {"propertyNames": s}, inner),
+    st.builds(lambda s: {"not": s}, inner),
+    st.builds(lambda p, a: {"type": "object", "properties": p, "additionalProperties": a},
+              st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2), st.one_of(st.booleans(), inner)),
+    st.builds(lambda a: {"additionalProperties": a}, st.one_of(st.booleans(), inner)),
+    st.builds(lambda a, b: {**a, **b}, inner, inner)), max_leaves=6)
+instances = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.sampled_from([1.0, 2.5]),
+                                   st.sampled_from(["", "a", "ab", "b", "A", "a\n"])),
+                         lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                 st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, max_size=3)),
+                         max_leaves=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(random_schemas, instances)
+def test_agrees_with_jsonschema_on_random_schemas(sub_schema, instance):
+    """Every keyword the generator compiles, alone and nested, on random data (integers never floats or bools)."""
+    import jsonschema
+
+    authority = schema._validator_class(jsonschema, {})(sub_schema)
+    assert compile_schema(sub_schema)(instance) == authority.is_valid(instance), (sub_schema, instance)

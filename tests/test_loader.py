@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import planner
-from planner import loader, rules
+from planner import loader, rules, validate
 from planner.plan import Problem
 
 
@@ -83,7 +83,7 @@ _yamlish = st.lists(st.sampled_from(
 def test_random_yaml_like_text_gives_only_problems(text):
     doc = loader.load(text.encode("utf-8"), "fuzz.yaml")
     _only_problems(doc)
-    _only_problems(doc, rules.check_document(doc)[1])
+    _only_problems(doc, validate.check_document(doc)[1])
 
 
 # -- YAML standard tags -------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_a_tag_that_cannot_hold_its_value_is_one_located_problem(value):
     doc = loader.load(f"version: 1\ngpu_id: {value}\n".encode(), "p.yaml")
     assert [(p.rule, p.line, p.column) for p in doc.problems] == [("PLN008", 2, 9)]
     assert doc.data["gpu_id"] is None and doc.is_refused(("gpu_id",))
-    _, problems = rules.check_document(doc)
+    _, problems = validate.check_document(doc)
     assert [p.rule for p in problems if p.line == 2] == ["PLN008"]  # no second problem about the refused value
 
 
@@ -208,7 +208,7 @@ LOADERS = [yaml.SafeLoader] + ([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader"
 
 def _problems_with(loader_class, text):
     with mock.patch.object(loader, "_Loader", loader_class):
-        return rules.check_document(loader.load(text.encode("utf-8"), "fuzz.yaml"))[1]
+        return validate.check_document(loader.load(text.encode("utf-8"), "fuzz.yaml"))[1]
 
 
 # YAML-ish fragments where libyaml and PyYAML are known to differ: tabs, tags, block scalars, odd line breaks.

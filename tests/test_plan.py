@@ -7,7 +7,8 @@ import pytest
 from conftest import DATA
 
 import planner
-from planner.plan import MAX_PLAN_BYTES, Problem, read_plan_bytes
+from planner.loader import MAX_PLAN_BYTES, read_plan_bytes
+from planner.plan import Problem
 
 
 def test_plan_is_frozen_and_compares_by_value():
@@ -25,7 +26,8 @@ def test_plan_fields():
     assert (plan.version, plan.device, plan.gpu_id, plan.policy) == (1, "cuda", 1, "chain")
     assert plan.exclude == frozenset({"safety_checker"})
     assert plan.edges == (("text_encoder", "unet"), ("text_encoder_2", "unet"), ("unet", "vae"))
-    assert (plan.pipeline_class, plan.torch_dtype, plan.variant) == ("StableDiffusionXLPipeline", "float16", "fp16")
+    assert (plan.pipeline_class, plan.torch_dtype, plan.variant) == (None, "float16", "fp16")
+    assert planner.load_plan(DATA / "good" / "sdxl-with-class.yaml").pipeline_class == "StableDiffusionXLPipeline"
 
 
 def test_unreadable_file_is_a_problem_not_an_exception(tmp_path):

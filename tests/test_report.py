@@ -92,14 +92,16 @@ def test_text_source_line_never_carries_a_legacy_workflow_command(tmp_path):
 
 
 def test_text_warnings_have_a_prefix_and_the_summary_counts_each_severity():
-    problems = [Problem("a.yaml", 1, 1, "PLN101", "bad"), Problem("a.yaml", 2, 1, "PLN401", "odd", "", "warning"),
-                Problem("b.yaml", 3, 1, "PLN401", "odd", "", "warning")]
+    problems = [Problem("a.yaml", 1, 1, "PLN101", "bad"), Problem("a.yaml", 2, 1, "PLN505", "odd", "", "warning"),
+                Problem("b.yaml", 3, 1, "PLN505", "odd", "", "warning")]
     lines = FORMATS["text"](problems, ["a.yaml", "b.yaml", "c.yaml"]).splitlines()
     assert lines[0] == "a.yaml:1:1: PLN101 bad"
-    assert lines[1] == "a.yaml:2:1: warning: PLN401 odd"
+    assert lines[1] == "a.yaml:2:1: warning: PLN505 odd"
     assert lines[-1] == "1 error, 2 warnings in 2 of 3 files"
     only_errors = FORMATS["text"](problems[:1], ["a.yaml"]).splitlines()
     assert only_errors[-1] == "1 problem in 1 of 1 file"
+    only_warnings = FORMATS["text"](problems[1:], ["a.yaml", "b.yaml", "c.yaml"]).splitlines()
+    assert only_warnings[-1] == "3 plans valid; 2 warnings in 2 files"
 
 
 def test_text_counts_an_unlisted_path_among_the_files():
@@ -216,7 +218,7 @@ def _github_unescape(value: str, prop: bool) -> str:
 
 
 def test_github_lines_are_ours_alone_and_name_the_exact_file():
-    problems = hostile_problems() + [Problem("w.yaml", 1, 1, "PLN401", "w", "", "warning"),
+    problems = hostile_problems() + [Problem("w.yaml", 1, 1, "PLN505", "w", "", "warning"),
                                      Problem("n.yaml", 1, 1, "PLN402", "n", "", "note")]
     output = FORMATS["github"](problems, HOSTILE)
     lines = output.split("\n")[:-1]
@@ -251,15 +253,15 @@ def test_junit_is_well_formed_with_one_failure_per_testcase():
 
 
 def test_junit_file_with_warnings_only_passes_with_its_warnings_shown():
-    problems = [Problem("w.yaml", 1, 1, "PLN401", "odd", "", "warning")]
+    problems = [Problem("w.yaml", 1, 1, "PLN505", "odd", "", "warning")]
     suite = ET.fromstring(FORMATS["junit"](problems, ["w.yaml"]).encode("utf-8"))
     case = suite.find("testcase")
     assert case.find("failure") is None and suite.get("failures") == "0"
-    assert "warning: PLN401 odd" in case.find("system-out").text
+    assert "warning: PLN505 odd" in case.find("system-out").text
 
 
 def test_json_keeps_names_exact_and_counts_severities():
-    problems = hostile_problems() + [Problem("w.yaml", 1, 1, "PLN401", "w", "", "warning")]
+    problems = hostile_problems() + [Problem("w.yaml", 1, 1, "PLN505", "w", "", "warning")]
     output = FORMATS["json"](problems, HOSTILE)
     assert "##[" not in output and not FORBIDDEN.search(output.replace("\n", ""))
     data = json.loads(output)
@@ -342,6 +344,43 @@ def test_validate_exits_0_with_warnings_only(tmp_path, capsys, monkeypatch):
 
     plan = tmp_path / "p.yaml"
     plan.write_text("x")
-    monkeypatch.setattr(cli, "check", lambda path: [Problem(path, 1, 1, "PLN401", "odd", "", "warning")])
+    monkeypatch.setattr(cli, "check", lambda path: [Problem(path, 1, 1, "PLN505", "odd", "", "warning")])
     assert main(["validate", str(plan)]) == 0
-    assert "warning: PLN401 odd" in capsys.readouterr().out
+    assert "warning: PLN505 odd" in capsys.readouterr().out
+
+
+def test_warnings_fail_validate_only_under_strict(capsys):
+    from conftest import DATA
+
+    warned = str(DATA / "warned" / "model-left-out.yaml")
+    assert main(["validate", warned]) == 0
+    out = capsys.readouterr().out
+    assert "warning: PLN505 controlnet is not in the plan" in out
+    assert out.endswith("1 plan valid; 1 warning in 1 file\n")
+    assert main(["validate", "--strict", warned]) == 1
+    assert main(["validate", "--strict", str(DATA / "good")]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--format", "github", warned]) == 0
+    assert capsys.readouterr().out.startswith(f"::warning file={warned},line=6,col=1,title=PLN505::PLN505 controlnet")
+
+
+def test_json_counts_warnings_in_its_summary(capsys):
+    from conftest import DATA
+
+    assert main(["validate", "--format", "json", str(DATA / "bad" / "models-left-out-and-an-error.yaml")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [p["severity"] for p in report["problems"]] == ["error", "warning", "warning"]
+    assert report["summary"] == {"checked": 1, "with_problems": 1, "errors": 1, "warnings": 2, "notes": 0}
+
+
+def test_sarif_rules_come_from_the_rule_list():
+    from planner.rules import RULES
+
+    problems = [Problem("a.yaml", 5, 1, "PLN505", "vae is not in the plan", RULES["PLN505"].fix, "warning"),
+                Problem("a.yaml", 6, 1, "PLN212", "both", "keep one")]
+    run = json.loads(FORMATS["sarif"](problems, ["a.yaml"]))["runs"][0]
+    for descriptor in run["tool"]["driver"]["rules"]:
+        rule = RULES[descriptor["id"]]
+        assert descriptor == {"id": rule.id, "defaultConfiguration": {"level": rule.severity},
+                              "shortDescription": {"text": rule.title}, "help": {"text": rule.fix}}
+    assert [r["level"] for r in run["results"]] == ["warning", "error"]

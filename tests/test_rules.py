@@ -1,6 +1,11 @@
-"""The bad-plan corpus (actionlint style): every tests/data/bad/NAME.yaml sits beside NAME.out, the exact
-problems it must produce; good plans sit beside NAME.seq, their resolved sequence. Then the rules one by one."""
+"""The plan corpus (actionlint style): every tests/data/bad/NAME.yaml sits beside NAME.out, the exact problems it
+must produce (at least one error); tests/data/warned/ holds plans whose problems are all warnings (they validate,
+and fail only --strict); good plans sit beside NAME.seq, their resolved sequence. Then the rules one by one."""
 
+import ast
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -8,28 +13,62 @@ import yaml
 from conftest import DATA, ROOT
 
 import planner
-from planner import loader, rules
+from planner import loader, validate
 from planner.plan import Problem
-from planner.rules import RULES
+from planner.rules import PLN501, PLN505, RULES, markdown_table
+from planner.rules.device import device_problems
 
 BAD = sorted((DATA / "bad").glob("*.yaml"))
+WARNED = sorted((DATA / "warned").glob("*.yaml"))
+CLASS_RULES = {rule for rule in RULES if rule.startswith("PLN5")}  # against the index: `check` only
 GOOD = sorted((DATA / "good").glob("*.yaml"))
+# Rules no plan file can produce, each with the test that proves it: the file cannot be read (PLN000), the loaded
+# pipeline disagrees at apply time (PLN3xx), a model folder is damaged (PLN4xx). Every other rule needs a corpus case.
+PROVEN_ELSEWHERE = {
+    "PLN000": "tests/test_plan.py::test_load_plan_raises_plan_error_for_an_unreadable_path",
+    "PLN301": "tests/test_generate.py::test_plan_pipeline_mismatch_is_located",
+    "PLN302": "tests/test_applied.py::test_pipeline_already_mapped_or_offloaded_is_rejected",
+    "PLN303": "tests/test_generate.py::test_no_accelerator_without_dry_run",
+    "PLN304": "tests/test_generate.py::test_missing_folder_is_one_line",
+    "PLN305": "tests/test_generate.py::test_failing_call_is_one_line",
+    "PLN401": "tests/test_sizes.py::test_a_folder_that_is_not_a_pipeline_is_pln401",
+    "PLN402": "tests/test_sizes.py::test_a_model_index_that_is_not_a_pipeline_index_is_pln402",
+    "PLN403": "tests/test_sizes.py::test_a_component_without_weights_is_pln403",
+    "PLN404": "tests/test_sizes.py::test_a_header_that_is_not_valid_is_pln404",
+    "PLN405": "tests/test_sizes.py::test_a_truncated_file_names_the_bytes_missing",
+    "PLN406": "tests/test_sizes.py::test_a_missing_shard_is_pln406_naming_it",
+    "PLN407": "tests/test_sizes.py::test_a_variant_no_component_has_is_refused_as_diffusers_refuses_it",
+    "PLN408": "tests/test_sizes.py::test_a_hub_id_offline_is_one_problem_and_no_request",
+}
 
 
 def test_corpus_is_large_enough():
     assert len(BAD) >= 30
 
 
-@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
-def test_bad_plan_gives_exactly_its_problems(path, monkeypatch):
+def _rule_of(line: str) -> str:
+    """The rule id of one .out line: `path:line:col: [warning: ]RULE message`."""
+    return re.search(r": (?:warning: )?(PLN\d{3}) ", line).group(1)
+
+
+@pytest.mark.parametrize("path", BAD + WARNED, ids=[f"{p.parent.name}/{p.stem}" for p in BAD + WARNED])
+def test_corpus_plan_gives_exactly_its_problems(path, monkeypatch):
     monkeypatch.chdir(path.parent)
     got = [str(p) for p in planner.check(path.name)]
     expected = path.with_suffix(".out").read_text(encoding="utf-8").splitlines()
     assert got == expected
-    assert got, "a bad plan must produce at least one problem"
+    assert got, "a corpus plan must produce at least one problem"
+    severities = {RULES[_rule_of(line)].severity for line in expected}
+    assert (severities == {"warning"}) if path in WARNED else ("error" in severities)
+    # load_plan reports the file's own problems (planner apply checks the loaded pipeline, not the index); it
+    # raises when one is an error, and warnings never keep a plan from loading
+    own = [line for line in expected if _rule_of(line) not in CLASS_RULES]
+    if all(RULES[_rule_of(line)].severity == "warning" for line in own):
+        assert planner.load_plan(path.name).path == path.name
+        return
     with pytest.raises(planner.PlanError) as info:
         planner.load_plan(path.name)
-    assert [str(p) for p in info.value.problems] == expected
+    assert [str(p) for p in info.value.problems] == own
 
 
 @pytest.mark.parametrize("path", GOOD, ids=[p.stem for p in GOOD])
@@ -39,12 +78,83 @@ def test_good_plan_resolves_to_its_sequence(path):
     assert planner.check(path) == []
 
 
-def test_every_rule_fired_by_the_corpus_is_in_the_table_and_the_readme():
+def test_every_rule_has_a_corpus_case_or_a_listed_test():
+    fired = {_rule_of(line) for p in BAD + WARNED
+             for line in p.with_suffix(".out").read_text(encoding="utf-8").splitlines()}
+    assert fired <= set(RULES), f"rules fired that the rule list lacks: {sorted(fired - set(RULES))}"
+    listed = set(PROVEN_ELSEWHERE)
+    assert not fired & listed, f"proven by the corpus, no need to list: {sorted(fired & listed)}"
+    unproven = set(RULES) - fired - listed
+    assert not unproven, f"rules with neither a corpus case nor a listed test: {sorted(unproven)}"
+    for rule, test in PROVEN_ELSEWHERE.items():
+        path, name = test.split("::")
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        found = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == name]
+        assert found, f"{rule}: {test} does not exist"
+        source = ast.get_source_segment((ROOT / path).read_text(encoding="utf-8"), found[0])
+        assert rule in source or rule.lower() in name, f"{rule}: {test} does not mention it"
+
+
+def test_the_readme_rule_table_is_the_rule_list():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    fired = {line.split(": ")[1].split()[0] for p in BAD for line in p.with_suffix(".out").read_text().splitlines()}
-    assert fired <= set(RULES)
-    for rule in RULES:
-        assert f"| {rule} |" in readme, f"{rule} missing from the README's rule table"
+    section = readme.split("\n## Rules\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| PLN")]
+    table = [line for line in markdown_table().splitlines() if line.startswith("| PLN")]
+    assert rows == table, "regenerate the README's rule table: python -c 'import planner.rules as r; " \
+        "print(r.markdown_table())'"
+    for row, rule in zip(rows, RULES.values(), strict=True):
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        assert cells == [rule.id, rule.severity, rule.title, rule.fix]
+
+
+def test_rules_are_named_objects_with_one_fix_each():
+    assert all(re.fullmatch(r"PLN\d{3}", rule_id) and rule.id == rule_id for rule_id, rule in RULES.items())
+    assert all(rule.severity in ("error", "warning") and rule.title and rule.fix for rule in RULES.values())
+    assert {rule.id for rule in RULES.values() if rule.severity == "warning"} == {"PLN502", "PLN505", "PLN507"}
+
+
+CORE = ["plan", "rules", "loader", "fastschema", "order", "index", "rules.context", "rules.schema", "rules.device",
+        "rules.graph", "rules.pipeline", "validate"]
+
+
+def test_checks_refer_to_rule_objects_never_to_an_id_written_out():
+    for module in CORE[2:]:
+        path = ROOT / "planner" / (module.replace(".", "/") + ("/__init__.py" if module == "index" else ".py"))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree) if isinstance(node, (
+            ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                assert not re.search(r"\bPLN\d{3}\b", node.value), f"{path.name}:{node.lineno}: {node.value!r}"
+
+
+def _planner_imports(module: str) -> set[str]:
+    """The planner modules `module` imports at its top level (not inside functions: those are lazy)."""
+    path = ROOT / "planner" / module.replace(".", "/")
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("planner"):
+            base = node.module.removeprefix("planner").lstrip(".")
+            for alias in node.names:
+                sub = f"{base}.{alias.name}".lstrip(".")
+                found.add(sub if sub.replace(".", "/") in {m.replace(".", "/") for m in CORE} else base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("planner.") for a in node.names if a.name.startswith("planner.")}
+    return found - {""}
+
+
+def test_the_core_imports_top_down_with_no_circle():
+    assert _planner_imports("plan") == set(), "plan.py holds the values only: it imports nothing from planner"
+    for i, module in enumerate(CORE):
+        assert _planner_imports(module) <= set(CORE[:i]), (module, _planner_imports(module) - set(CORE[:i]))
+    # and each, imported first in a fresh interpreter, in dependency order, loads
+    code = "; ".join(f"import planner.{m}" for m in CORE) + "; import sys; " \
+        "print(sorted(m for m in ('torch', 'diffusers', 'jsonschema', 'networkx') if m in sys.modules))"
+    for i in range(len(CORE)):
+        proc = subprocess.run([sys.executable, "-c", f"import planner.{CORE[i]}; {code}"], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert proc.returncode == 0 and proc.stdout.strip() == "[]", (CORE[i], proc.stderr[-2000:])
 
 
 def test_overrides_go_through_the_same_rules():
@@ -66,7 +176,7 @@ def test_plan_keeps_locations_of_its_components():
 
 
 @pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="libyaml is not installed")
-@pytest.mark.parametrize("path", BAD + GOOD, ids=[f"{p.parent.name}/{p.stem}" for p in BAD + GOOD])
+@pytest.mark.parametrize("path", BAD + WARNED + GOOD, ids=[f"{p.parent.name}/{p.stem}" for p in BAD + WARNED + GOOD])
 def test_results_do_not_depend_on_libyaml(path, monkeypatch):
     found = {}
     for name in ("CSafeLoader", "SafeLoader"):
@@ -77,14 +187,14 @@ def test_results_do_not_depend_on_libyaml(path, monkeypatch):
 
 def test_two_different_problems_at_one_place_are_both_reported():
     doc = loader.load(b"components: [unet]\n", "p.yaml")
-    assert [(p.rule, p.line, p.column) for p in rules.check_document(doc)[1]] == [("PLN103", 1, 1)] * 2
+    assert [(p.rule, p.line, p.column) for p in validate.check_document(doc)[1]] == [("PLN103", 1, 1)] * 2
     same = Problem("p.yaml", 1, 1, "PLN203", "x", "y")
-    assert rules._sorted([same, Problem("p.yaml", 1, 1, "PLN203", "z"), same]) == [same, Problem(
+    assert validate._sorted([same, Problem("p.yaml", 1, 1, "PLN203", "z"), same]) == [same, Problem(
         "p.yaml", 1, 1, "PLN203", "z")]
 
 
 def _check(text: str, overrides=None) -> list[Problem]:
-    return rules.check_document(loader.load(text.encode(), "p.yaml"), overrides)[1]
+    return validate.check_document(loader.load(text.encode(), "p.yaml"), overrides)[1]
 
 
 PLAN = "version: 1\ndevice: {device}\n{extra}components: [unet]\n"
@@ -100,13 +210,13 @@ def test_device_indices_beyond_what_torch_keeps_are_refused_at_validate_time(dev
     problems = _check(PLAN.format(device=device, extra=extra))
     assert [p.rule for p in problems] == ([rule] if rule else [])
     # the executor's re-check of a hand-built Plan reaches the same verdict
-    assert [found[1] for found in rules.device_problems(device, gpu_id)] == ([rule] if rule else [])
+    assert [found[1].id for found in device_problems(device, gpu_id)] == ([rule] if rule else [])
 
 
 def test_the_executor_recheck_covers_every_gpu_id_problem():
     for gpu_id in (True, 1.0, "1", -1, 128):
-        assert [found[:2] for found in rules.device_problems("cuda", gpu_id)] == [("gpu_id", "PLN204")], gpu_id
-    assert [found[1] for found in rules.device_problems("cuda:1", 1)] == ["PLN205"]
+        assert [(found[0], found[1].id) for found in device_problems("cuda", gpu_id)] == [("gpu_id", "PLN204")], gpu_id
+    assert [found[1].id for found in device_problems("cuda:1", 1)] == ["PLN205"]
 
 
 def test_an_override_beyond_127_is_located_at_its_flag():
@@ -191,3 +301,91 @@ def test_did_you_mean_stays_useful_among_many_names():
     text = "version: 1\ndevice: cuda\ncomponents:\n" + "".join(f"  {n}: {{}}\n" for n in names[:-1])
     text += f"  {names[-1]}: {after}\n"
     assert [p.fix for p in _check(text) if p.rule == "PLN209"] == ["did you mean 'component_2999'?"]
+
+
+# -- pipeline.class against the index of diffusers pipelines ----------------------------------------------------
+
+def _check_file(tmp_path, text: str) -> list[Problem]:
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    return planner.check(path)
+
+
+CLASS_PLAN = "version: 1\npipeline: {{class: {cls}}}\ndevice: cuda\ncomponents: {components}\n{extra}"
+
+
+def test_a_component_the_index_cannot_classify_is_accepted(tmp_path):
+    # Cosmos' safety checker is declared as a placeholder when cosmos_guardrail is missing: maybe a model
+    text = CLASS_PLAN.format(cls="Cosmos2TextToImagePipeline", components="[text_encoder, transformer, vae]",
+                             extra="exclude: [safety_checker]\n")
+    assert _check_file(tmp_path, text) == []
+
+
+def test_a_plan_can_name_a_class_in_any_of_its_forms_and_mistakes_are_located(tmp_path):
+    text = CLASS_PLAN.format(cls="StableDiffusionXLPipeline", components="{text_encoder: {}, unet: {}, vea: {}}",
+                             extra="")
+    problems = _check_file(tmp_path, text)
+    assert [(p.rule, p.line, p.column, p.fix) for p in problems] == [
+        ("PLN505", 4, 1, PLN505.fix), ("PLN503", 4, 42, "did you mean 'vae'?")]
+    assert problems[0].message.startswith("vae is not in the plan: it gets its own hook")
+
+
+def test_a_class_is_checked_by_check_but_not_by_load_plan(tmp_path):
+    """planner apply checks the loaded pipeline itself (its diffusers may be newer than the index)."""
+    path = tmp_path / "p.yaml"
+    path.write_text(CLASS_PLAN.format(cls="StableDiffusion9Pipeline", components="[unet]", extra=""))
+    assert [p.rule for p in planner.check(path)] == ["PLN501"]
+    assert planner.load_plan(path).pipeline_class == "StableDiffusion9Pipeline"
+
+
+def test_an_unreadable_index_is_a_warning_not_a_traceback(tmp_path, monkeypatch):
+    from planner import index
+
+    def broken(*args):
+        raise ValueError("pipeline index format 0 is not 1")
+
+    monkeypatch.setattr(index, "load", broken)
+    problems = _check_file(tmp_path, CLASS_PLAN.format(cls="FluxPipeline", components="[transformer]", extra=""))
+    assert [(p.rule, p.severity) for p in problems] == [("PLN502", "warning")]
+    assert "cannot be read" in problems[0].message
+
+
+def test_did_you_mean_for_a_class_is_bounded_for_a_huge_name(tmp_path):
+    start = time.process_time()
+    problems = _check_file(tmp_path, CLASS_PLAN.format(cls="X" * 100_000 + "Pipeline", components="[unet]",
+                                                       extra=""))
+    assert [p.rule for p in problems] == ["PLN501"] and time.process_time() - start < 0.5
+    assert len(problems[0].text) < 100_200 and problems[0].fix == PLN501.fix
+
+
+def test_checking_a_class_imports_no_torch_diffusers_jsonschema_or_networkx():
+    code = ("import sys, planner; problems = [p for f in sys.argv[1:] for p in planner.check(f)]; "
+            "print(len(problems), sorted(m for m in ('torch', 'diffusers', 'transformers', 'jsonschema', "
+            "'networkx') if m in sys.modules))")
+    good = [str(p) for p in GOOD]
+    out = subprocess.run([sys.executable, "-c", code, *good], capture_output=True, text=True).stdout
+    assert out.split(maxsplit=1) == ["0", "[]\n"]
+    out = subprocess.run([sys.executable, "-c", code, str(DATA / "warned" / "model-left-out.yaml")],
+                         capture_output=True, text=True).stdout
+    assert out.split(maxsplit=1) == ["1", "[]\n"]
+
+
+def test_problems_of_a_rule_take_its_fix_and_severity():
+    doc = loader.load(b"version: 1\n", "p.yaml")
+    warning = PLN505.at(doc, ("version",), "vae is not in the plan")
+    assert (warning.rule, warning.line, warning.column, warning.fix, warning.severity) == (
+        "PLN505", 1, 10, PLN505.fix, "warning")
+    assert str(warning) == f"p.yaml:1:10: warning: PLN505 vae is not in the plan: {PLN505.fix}"
+    assert PLN501.problem("--device", "x", "did you mean 'y'?").fix == "did you mean 'y'?"
+    plan = planner.load_plan(DATA / "good" / "sdxl-with-class.yaml")
+    assert plan.problem("components.unet", PLN501, "x") == PLN501.problem(plan.path, "x", None, 11, 3)
+    assert plan.problem("components.unet", "PLN301", "x").fix == ""  # an id alone: the executor's own words
+
+
+def test_model_folder_rules_are_the_rule_lists():
+    """planner.sizes words its PLN4xx problems; their title and fix are the rule list's (one place for each)."""
+    from planner import sizes
+
+    for rule_id, entry in getattr(sizes, "RULES", {}).items():
+        rule = RULES[rule_id]
+        assert entry is rule or tuple(entry) == (rule.title, rule.fix), rule_id

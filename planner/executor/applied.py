@@ -4,54 +4,95 @@ The hooks are installed by diffusers' `enable_model_cpu_offload` itself, run wit
 exclusions shadowed on the instance, so they are exactly the ones diffusers installs for that sequence. Shadowing
 `enable_model_cpu_offload` and `maybe_free_model_hooks` on the instance keeps the plan in force when diffusers
 re-installs its hooks (at the end of every call, after loading LoRA weights). `AppliedPlan.remove()` deletes every
-shadow and hook and puts the components back where they were.
+shadow and hook and puts each module back exactly as it was.
+
+What the handle holds and what holds it, so that dropping the pipeline and the handle frees both: the pipeline
+holds the handle (its shadows are the handle's bound methods), the handle holds the pipeline; the registry of
+applied plans and the hooks on the modules hold the handle only weakly. Modules shared by several pipelines are
+snapshotted once, before the first plan hooks them, and restored when the last plan using them lets go.
 """
 
 from __future__ import annotations
 
 import difflib
+import time
 import weakref
 from dataclasses import dataclass
 
+import accelerate.hooks
 import torch
-from accelerate.hooks import CpuOffload
+from accelerate.hooks import CpuOffload, remove_hook_from_module
 
 from planner.executor import devices
-from planner.plan import Plan, PlanError, Problem, load_plan
-from planner.rules import device_problems
-from planner.trace import Trace
+from planner.plan import Plan, PlanError, Problem
+from planner.rules.device import device_problems
+from planner.trace import EXCLUSION_ROUND_TRIP, Trace
+from planner.validate import load_plan
 
 # Instance attributes the handle shadows while it is applied, and diffusers' offload state it overwrites.
 SHADOWED = ("model_cpu_offload_seq", "_exclude_from_cpu_offload", "enable_model_cpu_offload",
             "maybe_free_model_hooks")
 OFFLOAD_STATE = ("_all_hooks", "_offload_device", "_offload_gpu_id")
+# What accelerate's add_hook_to_module / remove_hook_from_module put on (or leave in) a module's `__dict__`:
+# removing a hook leaves `forward` behind as an instance attribute, and dispatch_model's wrappers are popped.
+HOOK_KEYS = ("forward", "_hf_hook", "_old_forward", *getattr(accelerate.hooks, "_accelerate_added_attributes", ()))
 _MISSING = object()
-_applied: "weakref.WeakKeyDictionary[object, AppliedPlan]" = weakref.WeakKeyDictionary()
+# pipeline -> weak reference to its handle: a value holding its key would keep every pipeline alive for good
+_applied: "weakref.WeakKeyDictionary[object, weakref.ref[AppliedPlan]]" = weakref.WeakKeyDictionary()
+
+
+def applied_to(pipe) -> "AppliedPlan | None":
+    """The plan applied to `pipe` now (not removed), or None."""
+    ref = _applied.get(pipe)
+    return ref() if ref is not None else None
 
 
 @dataclass(frozen=True)
-class _Snapshot:
-    """What `apply` changes, as it was: instance attributes and each model component's device."""
+class _PipeState:
+    """The pipeline's own instance attributes that `apply` changes, as they were."""
 
     attributes: dict
-    devices: dict
 
     @classmethod
-    def take(cls, pipe) -> "_Snapshot":
-        attributes = {name: pipe.__dict__.get(name, _MISSING) for name in SHADOWED + OFFLOAD_STATE}
-        return cls(attributes, {name: _device_of(m) for name, m in _modules(pipe).items()})
+    def take(cls, pipe) -> "_PipeState":
+        return cls({name: pipe.__dict__.get(name, _MISSING) for name in SHADOWED + OFFLOAD_STATE})
 
     def restore(self, pipe) -> None:
-        type(pipe).remove_all_hooks(pipe)  # diffusers' own; the `_all_hooks` it resets is restored below
         for name, value in self.attributes.items():
             if value is _MISSING:
                 pipe.__dict__.pop(name, None)
             else:
                 pipe.__dict__[name] = value
-        for name, module in _modules(pipe).items():
-            device = self.devices.get(name)
-            if device is not None and _device_of(module) != device:
-                module.to(device)
+
+
+class _Pristine:
+    """A component module as it was before any plan hooked it: the accelerate attributes of each submodule (by
+    identity) and the device of its weights. One per module, shared by every plan hooking it (pipelines can share
+    components); `users` are those plans, and the last one to let go puts the module back."""
+
+    def __init__(self, module):
+        self.module = module
+        self.device = _device_of(module)
+        self.attributes = [(sub, {k: sub.__dict__[k] for k in HOOK_KEYS if k in sub.__dict__})
+                           for sub in module.modules()]
+        self.users: weakref.WeakSet[AppliedPlan] = weakref.WeakSet()
+
+    def restore(self) -> None:
+        # accelerate's own removal first: it detaches any hook properly (a sequential offload hook puts the
+        # weights back from its CPU copy); then its leftovers go, and what was there before comes back.
+        remove_hook_from_module(self.module, recurse=True)
+        for sub, attributes in self.attributes:
+            for key in HOOK_KEYS:
+                if key in attributes:
+                    sub.__dict__[key] = attributes[key]
+                else:
+                    sub.__dict__.pop(key, None)
+        if self.device is not None and _device_of(self.module) != self.device:
+            self.module.to(self.device)
+
+
+# id(module) -> its snapshot; the snapshot holds the module, so the id stays its own while the entry lives
+_pristine: "weakref.WeakValueDictionary[int, _Pristine]" = weakref.WeakValueDictionary()
 
 
 def apply(pipe, plan: Plan | str, dry_run: bool = False) -> "AppliedPlan":
@@ -71,25 +112,44 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False) -> "AppliedPlan":
     problems = preflight(pipe, plan, target, dry_run)
     if problems:
         raise PlanError(problems)
-    previous = _applied.get(pipe)
+    previous = applied_to(pipe)
     if previous is not None:
         previous.remove()
     handle = AppliedPlan(pipe, plan, target, dry_run)
     try:
         handle._install()
     except BaseException:
-        handle._snapshot.restore(pipe)
+        handle._let_go()
         if previous is not None:
             apply(pipe, previous.plan, previous.dry_run)
         raise
-    _applied[pipe] = handle
+    _applied[pipe] = weakref.ref(handle)
     return handle
 
 
 class AppliedPlan:
-    """A plan in force on a pipeline: `trace` holds the transfers so far, `remove()` (or leaving a `with`
-    block) undoes everything `apply` did. Calling the handle calls the pipeline and makes sure the call ends
-    with every component but the exclusions offloaded, whether or not the pipeline frees its hooks itself."""
+    """A plan applied to a pipeline: `trace` holds the transfers so far, `remove()` (or leaving a `with` block)
+    undoes everything `apply` did. Calling the handle calls the pipeline and makes sure the call ends with every
+    component but the exclusions offloaded, whether the call returns, raises (KeyboardInterrupt included), or
+    comes from a pipeline that never frees its hooks; the handle times each call it makes.
+
+    `state` says where the plan stands, and each call through the handle acts on it first:
+
+    - "in force": the plan's hooks are on every component.
+    - "displaced": its hooks were removed or replaced by model offload hooks behind its back
+      (`pipe.remove_all_hooks()`, a `_hf_hook` replaced by a `CpuOffload`, another plan on a pipeline sharing
+      components, `type(pipe).enable_model_cpu_offload(pipe)`, a LoRA load that failed half-way), or a
+      component was swapped (`pipe.unet = other_unet`). The next call through the handle re-installs the plan
+      first (the swapped-out module is given back as it was; the new one is hooked). A plain `pipe()` call runs
+      as the pipeline is and re-installs the plan when it ends, as diffusers does with its own offload.
+    - "blocked": another kind of offload was put on a component after `apply` (`enable_sequential_cpu_offload`,
+      group offloading, any other accelerate hook). The plan never replaces it silently: calls through the
+      handle raise `PlanError` (PLN302) saying what was found, and a plain call's end leaves it in place;
+      `remove()` takes it off with the plan (accelerate's hooks; group offloading has its own switch).
+    - "removed": `remove()` was called or the plan was replaced; calling raises RuntimeError.
+
+    `active` is True only "in force": a handle never reports itself active while its hooks are not in place.
+    """
 
     def __init__(self, pipe, plan: Plan, target: torch.device, dry_run: bool):
         self.pipe, self.plan, self.target, self.dry_run = pipe, plan, target, dry_run
@@ -97,31 +157,54 @@ class AppliedPlan:
         self.trace = Trace(device=str(target))
         self.skipped = tuple(n for n in (*plan.sequence, *sorted(plan.exclude))
                              if pipe.components.get(n, _MISSING) is None)
-        self.active = False
-        self._snapshot = _Snapshot.take(pipe)
+        self._removed = False
         self._ending = False
+        self._blocked = False  # the last end of a call found another kind of offload and left it in place
+        self._state = _PipeState.take(pipe)
+        self._records: dict[int, _Pristine] = {}  # id(module) -> snapshot, for every module this plan hooked
+        self._shadows = {"model_cpu_offload_seq": plan.offload_seq,
+                         "_exclude_from_cpu_offload": sorted(plan.exclude),
+                         "enable_model_cpu_offload": self._enable, "maybe_free_model_hooks": self._maybe_free}
+        self._hooks: list = []  # diffusers' `_all_hooks` as the last install left it
+        self._hooked: dict = {}  # component name -> (module, its CpuOffload hook or None when excluded)
 
     # -- the user's side ------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if not self.active:
+        if self._removed:
             raise RuntimeError("this plan was removed; apply it again to call through it")
-        if not self._hooks_are_mine():  # another plan sharing these components took them over
-            self._reinstall()
-        call = self.trace.call
-        output = self.pipe(*args, **kwargs)
-        if self.trace.call == call:  # the pipeline did not free its hooks at the end of the call
-            self.pipe.maybe_free_model_hooks()
+        self._ensure_in_force()
+        trace = self.trace
+        call = trace.call
+        trace.started = time.perf_counter()  # the handle times the whole call
+        try:
+            output = self.pipe(*args, **kwargs)
+        except BaseException as failure:
+            self._close(call, failure)
+            raise
+        self._close(call)
         return output
 
+    @property
+    def state(self) -> str:
+        """"in force", "displaced", "blocked" or "removed" (see the class docstring)."""
+        if self._removed:
+            return "removed"
+        if self._conflict() is not None:
+            return "blocked"
+        return "in force" if self._in_force() else "displaced"
+
+    @property
+    def active(self) -> bool:
+        return self.state == "in force"
+
     def remove(self) -> None:
-        """Remove every hook and shadow, and put the components back where they were before `apply`."""
-        if not self.active:
+        """Remove every hook and shadow, and put each module back exactly as it was before `apply` (its device
+        and accelerate's attributes on every submodule). A module shared with a pipeline whose plan is still
+        applied stays with that plan, which gets its hooks back at once."""
+        if self._removed:
             return
         self.trace.offload_all()
-        self._snapshot.restore(self.pipe)
-        self.active = False
-        if _applied.get(self.pipe) is self:
-            del _applied[self.pipe]
+        self._let_go()
 
     def __enter__(self) -> "AppliedPlan":
         return self
@@ -130,17 +213,13 @@ class AppliedPlan:
         self.remove()
 
     def __repr__(self) -> str:
-        state = "dry run" if self.dry_run else "applied"
-        return f"<AppliedPlan {self.plan.offload_seq} on {self.target} ({state if self.active else 'removed'})>"
+        state = self.state
+        if state == "in force" and self.dry_run:
+            state = "dry run"
+        return f"<AppliedPlan {self.plan.offload_seq} on {self.target} ({state})>"
 
     # -- installing ----------------------------------------------------------------------------------------
     def _install(self) -> None:
-        pipe = self.pipe
-        pipe.__dict__["model_cpu_offload_seq"] = self.plan.offload_seq
-        pipe.__dict__["_exclude_from_cpu_offload"] = sorted(self.plan.exclude)
-        pipe.__dict__["enable_model_cpu_offload"] = self._enable
-        pipe.__dict__["maybe_free_model_hooks"] = self._maybe_free
-        self.active = True
         self._reinstall()
 
     def _enable(self, gpu_id=None, device=None) -> None:
@@ -149,51 +228,185 @@ class AppliedPlan:
         self._reinstall()
 
     def _maybe_free(self) -> None:
-        """Stands in for `pipe.maybe_free_model_hooks`: diffusers' own (which re-installs through `_enable`),
-        and the call is over for the trace. Where diffusers would skip the re-install (no hooks at all), it
-        re-installs anyway, so that a call always ends with only the exclusions on the device."""
+        """Stands in for `pipe.maybe_free_model_hooks`: diffusers' own (which resets stateful caches and
+        re-installs through `_enable`), and the call is over for the trace. Where diffusers would skip the
+        re-install (no hooks at all), it re-installs anyway, so that a call always ends with only the
+        exclusions on the device."""
         self._ending = True
-        type(self.pipe).maybe_free_model_hooks(self.pipe)
-        if self._ending:
-            self._reinstall()
+        try:
+            type(self.pipe).maybe_free_model_hooks(self.pipe)
+            if self._ending:
+                self._reinstall()
+        finally:
+            self._ending = False
 
     def _reinstall(self) -> None:
-        pipe, trace = self.pipe, self.trace
-        trace.offload_all()  # diffusers starts by moving the whole pipeline to the CPU
-        if self._ending:
-            self._ending = False
-            trace.end_call()
+        """Put the plan's hooks on the pipeline as it is now; at the end of a call, close the call in the trace
+        (even when the re-install fails or is refused)."""
+        ending, self._ending = self._ending, False
+        back = self.trace.resident & self.plan.exclude  # diffusers moves them to the CPU and back: a round trip
+        self.trace.offload_all({name: EXCLUSION_ROUND_TRIP for name in back})
+        try:
+            modules = self._hook(ending)
+        finally:
+            if ending:
+                self.trace.end_call(time.perf_counter())
+        if modules is not None:
+            self._follow(modules, back)
+
+    def _hook(self, ending: bool) -> dict | None:
+        """diffusers' own `enable_model_cpu_offload` under the plan's shadows; returns the model components. At
+        the end of a call that finds another kind of offload on the pipeline, nothing changes and None is
+        returned: the plan never replaces it silently (the handle is "blocked")."""
+        pipe = self.pipe
+        if ending and not self._in_force() and self._conflict() is not None:
+            self._blocked = True
+            return None
+        pipe.__dict__.update(self._shadows)  # re-asserted: a user's assignment must not change the plan
+        modules = _modules(pipe)
+        self._track(modules)
         # diffusers computes `gpu_id or device.index or pipe._offload_gpu_id`: an index of 0 would fall through
         pipe._offload_gpu_id = self.execution_device.index or 0
-        type(pipe).enable_model_cpu_offload(pipe, device=self.execution_device)
-        modules = _modules(pipe)
+        try:
+            type(pipe).enable_model_cpu_offload(pipe, device=self.execution_device)
+        except ValueError:
+            if ending and self._conflict() is not None:  # diffusers refuses: group offloading, found deeper
+                self._blocked = True
+                return None
+            raise
+        self._blocked = False
+        return modules
+
+    def _follow(self, modules: dict, back: set) -> None:
+        """Let the trace follow the hooks just installed, and record the exclusions put on the device."""
+        trace = self.trace
         trace.sizes = {name: _bytes(m) for name, m in modules.items()}
+        self._hooks = self.pipe._all_hooks
         names = {id(m): name for name, m in modules.items()}
-        for user_hook in pipe._all_hooks:
-            self._observe(user_hook.hook, names[id(user_hook.model)], names)
+        self._hooked = {name: (m, None) for name, m in modules.items()}
+        for user_hook in self._hooks:
+            name = names[id(user_hook.model)]
+            self._hooked[name] = (user_hook.model, user_hook.hook)
+            self._observe(user_hook.hook, name, names)
         for name in sorted(set(modules) & self.plan.exclude):
-            trace.load(name)  # diffusers put it on the device for good
+            trace.load(name, EXCLUSION_ROUND_TRIP if name in back else None)  # on the device for good
+
+    def _track(self, modules: dict) -> None:
+        """Snapshot each module before this plan first hooks it; give back the modules swapped out of the
+        pipeline since the last install."""
+        current = {id(m): m for m in modules.values()}
+        for key in [k for k in self._records if k not in current]:
+            self._release(self._records.pop(key))
+        for key, module in current.items():
+            if key not in self._records:
+                record = _pristine.get(key)
+                if record is None or record.module is not module:
+                    record = _pristine[key] = _Pristine(module)
+                record.users.add(self)
+                self._records[key] = record
 
     def _observe(self, hook, name: str, names: dict) -> None:
         """Let the trace follow this accelerate `CpuOffload` hook: the hook object and its class stay
-        accelerate's own; only its `pre_forward` is wrapped on the instance."""
+        accelerate's own; only its `pre_forward` is wrapped on the instance. The wrapper holds the trace, never
+        the handle or the pipeline."""
         prev = hook.prev_module_hook
         prev_name = names.get(id(prev.model)) if prev is not None else None
         original = hook.pre_forward
         trace = self.trace
 
         def pre_forward(module, *args, **kwargs):
+            trace.begin(time.perf_counter())  # a plain pipe() call is timed from its first hook firing
             if prev_name is not None:
                 trace.offload(prev_name)
             trace.load(name)
             return original(module, *args, **kwargs)
 
         hook.pre_forward = pre_forward
-        hook._planner_owner = self
+        hook._planner_owner = weakref.ref(self)
 
-    def _hooks_are_mine(self) -> bool:
-        hooks = getattr(self.pipe, "_all_hooks", [])
-        return all(getattr(getattr(h.model, "_hf_hook", None), "_planner_owner", None) is self for h in hooks)
+    # -- keeping the plan in force -------------------------------------------------------------------------
+    def _in_force(self) -> bool:
+        """Cheap (runs before every call): the shadows, diffusers' hook list and each component's hook are the
+        ones the last install left, and no component was swapped or got group offloading on top."""
+        pipe = self.pipe
+        if self._blocked or any(pipe.__dict__.get(k, _MISSING) is not v for k, v in self._shadows.items()):
+            return False
+        if pipe.__dict__.get("_all_hooks") is not self._hooks:
+            return False
+        modules = _modules(pipe)
+        if modules.keys() != self._hooked.keys():
+            return False
+        for name, module in modules.items():
+            installed, hook = self._hooked[name]
+            if module is not installed or (hook is not None and module.__dict__.get("_hf_hook") is not hook):
+                return False
+            if _group_hooks_near_the_top(module):
+                return False
+        return True
+
+    def _conflict(self) -> Problem | None:
+        """Another kind of offload on the pipeline (walks every submodule: only when `_in_force` says no)."""
+        pipe = self.pipe
+        group = getattr(pipe, "_maybe_raise_error_if_group_offload_active", None)
+        if group and group(raise_error=False):
+            return self._problem("group offloading was enabled on a component after the plan was applied",
+                                 "disable it, or call applied.remove() first")
+        for name, module in _modules(pipe).items():
+            for sub in module.modules():
+                hook = sub.__dict__.get("_hf_hook")
+                if hook is not None and not isinstance(hook, CpuOffload):
+                    return self._problem(f"{type(hook).__name__} (sequential CPU offload or another accelerate "
+                                         f"hook) was put on {name!r} after the plan was applied",
+                                         "call applied.remove() first to keep it, or pipe.remove_all_hooks() to "
+                                         "let the next call through the handle re-install the plan")
+        return None
+
+    def _ensure_in_force(self) -> None:
+        if self._in_force():
+            return
+        problem = self._conflict()
+        if problem is not None:
+            raise PlanError([problem])
+        self._reinstall()
+
+    def _close(self, call: int, failure: BaseException | None = None) -> None:
+        """End call `call` if the pipeline did not (it raised, or it never frees its hooks). A failure while
+        ending is noted on the call's own exception, which stays the one raised."""
+        if self.trace.call != call:
+            return
+        try:
+            self._maybe_free()
+        except Exception as exc:
+            if failure is None:
+                raise
+            if hasattr(failure, "add_note"):  # Python >= 3.11
+                failure.add_note(f"offload-planner could not end the call: {type(exc).__name__}: {exc}")
+
+    def _let_go(self) -> None:
+        """Undo `apply`: give every module back (restored when no other plan uses it), restore the pipeline's
+        attributes, unregister, and re-install the plans that shared modules with this one."""
+        self._removed = True
+        others = set()
+        for record in self._records.values():
+            self._release(record)
+            others.update(record.users)
+        self._records.clear()
+        self._state.restore(self.pipe)
+        if applied_to(self.pipe) is self:
+            del _applied[self.pipe]
+        for other in others:
+            if not other._removed and not other._in_force() and other._conflict() is None:
+                other._reinstall()
+
+    def _release(self, record: _Pristine) -> None:
+        record.users.discard(self)
+        if not record.users:
+            record.restore()
+            if _pristine.get(id(record.module)) is record:
+                del _pristine[id(record.module)]
+
+    def _problem(self, message: str, fix: str) -> Problem:
+        return self.plan.problem("device", "PLN302", message, fix)
 
 
 # -- checks made before anything changes ------------------------------------------------------------------
@@ -241,7 +454,7 @@ def _state_problem(pipe, plan: Plan) -> Problem | None:
     if group and group(raise_error=False):
         return plan.problem(where, "PLN302", "group offloading is active on this pipeline",
                             "disable group offloading on its components first")
-    mine = _applied.get(pipe)
+    mine = applied_to(pipe)
     for name, module in _modules(pipe).items():
         for sub in module.modules():
             hook = getattr(sub, "_hf_hook", None)
@@ -262,6 +475,16 @@ def _modules(pipe) -> dict:
     return {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
 
 
+def _group_hooks_near_the_top(module) -> bool:
+    """A cheap sign of diffusers' group offloading: its block-level hooks sit on the module or its direct children
+    (leaf-level ones on leaves, direct children included in diffusers' models). The end of a call checks fully."""
+    for sub in (module, *module.children()):
+        registry = sub.__dict__.get("_diffusers_hook")
+        if registry is not None and registry.get_hook("group_offloading") is not None:
+            return True
+    return False
+
+
 def _device_of(module) -> torch.device | None:
     for tensor in module.parameters():
         return tensor.device
@@ -276,4 +499,3 @@ def _bytes(module) -> int:
     for tensor in list(module.parameters()) + list(module.buffers()):
         seen[id(tensor)] = tensor.numel() * tensor.element_size()
     return sum(seen.values())
-

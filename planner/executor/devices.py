@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from planner.plan import Plan, Problem
@@ -24,13 +26,25 @@ def count(kind: str) -> int:
         return 0
 
 
-def problems(plan: Plan, device: torch.device) -> list[Problem]:
+# How each caller asks for a dry run, in the fix of a PLN303: the Python API's spelling is the default.
+API_DRY_RUN = "pass dry_run=True to trace the plan on the CPU"
+
+
+def problems(plan: Plan, device: torch.device, at: Callable[..., Problem] | None = None,
+             dry_run_hint: str = API_DRY_RUN) -> list[Problem]:
+    """PLN303 when `device` is not on this machine (no such backend, or an index beyond the devices present).
+
+    `at(key, rule, message, fix)` builds each problem (default `plan.problem`, located at the plan's `device` or
+    `gpu_id`; the CLI passes one that points at its `--device` / `--gpu-id` flags), and `dry_run_hint` says how
+    the caller asks for a dry run, so each interface speaks its own spelling.
+    """
+    at = at or plan.problem
     present = count(device.type)
     if present == 0:
-        return [plan.problem("device", "PLN303", f"no {device.type} device found",
-                             "run with --dry-run to trace the plan on the CPU")]
+        return [at("device", "PLN303", f"no {device.type} device found", dry_run_hint)]
     if device.index >= present:
         key = "gpu_id" if plan.gpu_id is not None else "device"
-        return [plan.problem(key, "PLN303", f"{device} is beyond the {present} {device.type} device"
-                             f"{'s' * (present != 1)} present (0..{present - 1})", f"use a gpu_id below {present}")]
+        return [at(key, "PLN303", f"{device} is beyond the {present} {device.type} device"
+                   f"{'s' * (present != 1)} present (0..{present - 1})",
+                   f"use an index below {present}, or {dry_run_hint}")]
     return []

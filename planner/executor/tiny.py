@@ -7,26 +7,99 @@ the CPU in well under a second, which is what the tests, the soak benchmark and 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 KINDS = ("sd", "sdxl", "controlnet")
+MARKER = ".tiny-kind"  # "building" while a build runs, the kind once it is finished
+BUILDING = "building"
+
+
+class FolderInUse(ValueError):
+    """The folder holds something a tiny build did not write; building there would overwrite it."""
 
 
 def build(kind: str, folder: str | Path) -> Path:
     """Build the tiny pipeline `kind` (one of KINDS) and save it to `folder`; returns the folder.
 
-    A folder that already holds a saved pipeline of this kind is reused as it is.
+    A folder that already holds a finished tiny build of this kind is reused as it is. A missing or empty
+    folder, or a previous tiny build (of another kind, or interrupted) holding nothing else, is (re)built;
+    anything else raises `FolderInUse` and is left untouched.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown tiny pipeline {kind!r}: choose one of {', '.join(KINDS)}")
     folder = Path(folder)
-    marker = folder / ".tiny-kind"
-    if marker.exists() and marker.read_text() == kind and (folder / "model_index.json").exists():
+    if built(kind, folder):
         return folder
-    pipe = {"sd": _sd, "sdxl": _sdxl, "controlnet": _controlnet}[kind](folder)
-    pipe.save_pretrained(folder)
-    marker.write_text(kind)
+    problem = folder_problem(folder)
+    if problem:
+        raise FolderInUse(problem)
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():  # a previous tiny build and nothing else (checked above)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (folder / MARKER).write_text(BUILDING)  # first: an interrupted build is still recognised as ours
+    with tempfile.TemporaryDirectory() as tokenizer_files:
+        pipe = {"sd": _sd, "sdxl": _sdxl, "controlnet": _controlnet}[kind](Path(tokenizer_files))
+        pipe.save_pretrained(folder)
+    (folder / MARKER).write_text(kind)
     return folder
+
+
+def built(kind: str, folder: str | Path) -> bool:
+    """Whether `folder` holds a finished tiny build of `kind` (which `build` reuses)."""
+    return _marker(Path(folder)) == kind and (Path(folder) / "model_index.json").is_file()
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why a tiny build must not be written to `folder`, or None: a missing or empty folder is fine, and so is a
+    previous tiny build (any kind, or interrupted) holding nothing else. Imports no torch: the CLI asks first."""
+    folder = Path(folder)
+    try:
+        if not folder.exists():
+            return None
+        if not folder.is_dir():
+            return f"{str(folder)!r} is a file, not a folder"
+        entries = sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        return f"cannot read {str(folder)!r}: {exc.strerror or exc}"
+    marker = _marker(folder)
+    if not entries or marker == BUILDING:
+        return None
+    if marker is None:
+        return (f"{str(folder)!r} is not empty and holds no tiny build ({_some(entries)}): building there would "
+                "overwrite it")
+    foreign = sorted(set(entries) - _build_entries(folder))
+    if foreign:
+        return f"{str(folder)!r} holds a tiny build and other files ({_some(foreign)}) that a rebuild would delete"
+    return None
+
+
+def _marker(folder: Path) -> str | None:
+    """What the marker of a tiny build in `folder` says (a kind, or BUILDING), or None when there is none."""
+    try:
+        text = (folder / MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text in (*KINDS, BUILDING) else None
+
+
+def _build_entries(folder: Path) -> set[str]:
+    """What a finished tiny build holds: model_index.json, the marker, one folder per component it names."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        index = {}
+    components = {name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)} \
+        if isinstance(index, dict) else set()
+    return {"model_index.json", MARKER, "_tok"} | components  # `_tok`: tokenizer files of older builds
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -85,23 +158,23 @@ def _sd_unet():
                                 attention_head_dim=4, norm_num_groups=4)
 
 
-def _sd_parts(folder: Path) -> dict:
+def _sd_parts(tokenizer_files: Path) -> dict:
     import torch
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
-    return dict(vae=_vae(), text_encoder=CLIPTextModel(_text_config()), tokenizer=_tokenizer(folder / "_tok"),
+    return dict(vae=_vae(), text_encoder=CLIPTextModel(_text_config()), tokenizer=_tokenizer(tokenizer_files),
                 unet=_sd_unet(), scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
                 image_encoder=None, requires_safety_checker=False)
 
 
-def _sd(folder: Path):
+def _sd(tokenizer_files: Path):
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(**_sd_parts(folder))
+    return StableDiffusionPipeline(**_sd_parts(tokenizer_files))
 
 
-def _controlnet(folder: Path):
+def _controlnet(tokenizer_files: Path):
     import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
@@ -110,10 +183,10 @@ def _controlnet(folder: Path):
                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=32,
                                  attention_head_dim=4, norm_num_groups=4,
                                  conditioning_embedding_out_channels=(8, 16))
-    return StableDiffusionControlNetPipeline(controlnet=controlnet, **_sd_parts(folder))
+    return StableDiffusionControlNetPipeline(controlnet=controlnet, **_sd_parts(tokenizer_files))
 
 
-def _sdxl(folder: Path):
+def _sdxl(tokenizer_files: Path):
     import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -129,7 +202,7 @@ def _sdxl(folder: Path):
     text_encoder = CLIPTextModel(_text_config(projection_dim=32))
     torch.manual_seed(0)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=32))
-    tokenizer = _tokenizer(folder / "_tok")
+    tokenizer = _tokenizer(tokenizer_files)
     return StableDiffusionXLPipeline(vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler(),
                                      image_encoder=None, feature_extractor=None, add_watermarker=False)

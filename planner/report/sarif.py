@@ -38,16 +38,13 @@ def render(problems: list[Problem], files: list[str]) -> str:
 
 
 def _descriptor(rule_id: str, example: Problem) -> dict:
-    """The rule's entry; a rule id the table does not know (a newer rule, a plug-in) gets its id alone."""
+    """The rule's entry, from the rule list; a rule id the list does not know (a newer rule, a plug-in) gets its
+    id alone, at the level of its first problem."""
     rule = RULES.get(rule_id)
-    level = _LEVEL[severity(example)] if rule is None else _LEVEL.get(getattr(rule, "severity", "error"), "error")
-    descriptor = {"id": rule_id, "defaultConfiguration": {"level": level}}
-    catches, fix = getattr(rule, "catches", None), getattr(rule, "fix", None)
-    if catches:
-        descriptor["shortDescription"] = {"text": catches}
-    if fix:
-        descriptor["help"] = {"text": fix}
-    return descriptor
+    if rule is None:
+        return {"id": rule_id, "defaultConfiguration": {"level": _LEVEL[severity(example)]}}
+    return {"id": rule_id, "defaultConfiguration": {"level": _LEVEL.get(rule.severity, "error")},
+            "shortDescription": {"text": visible(rule.title)}, "help": {"text": visible(rule.fix)}}
 
 
 def _result(p: Problem, index: int) -> dict:

@@ -1,9 +1,11 @@
 """actionlint-style text: `path:line:col: RULE message: fix`, then the source line and a caret under the node.
 
-A warning reads `path:line:col: warning: RULE ...` (a note `note: `); errors keep the plain form. Paths, messages
-and source lines are shown through `visible` (a name is data, never a terminal control). Source lines are cut to
-about SOURCE_WIDTH columns around the caret, and read again from the file only by a bounded, non-blocking read of
-a regular file. Past MAX_PROBLEMS_PER_FILE problems, the rest of a file's problems are counted, not printed.
+A warning reads `path:line:col: warning: RULE ...` (a note `note: `); errors keep the plain form. The last line
+counts the problems per severity; with warnings alone it says the plans are valid (they fail only --strict).
+Paths, messages and source lines are shown through `visible` (a name is data, never a terminal control). Source
+lines are cut to about SOURCE_WIDTH columns around the caret, and read again from the file only by a bounded,
+non-blocking read of a regular file. Past MAX_PROBLEMS_PER_FILE problems, the rest of a file's problems are
+counted, not printed.
 """
 
 from __future__ import annotations
@@ -45,10 +47,19 @@ def render(problems: list[Problem], files: list[str]) -> str:
         if len(group) > MAX_PROBLEMS_PER_FILE:
             rest = plural(len(group) - MAX_PROBLEMS_PER_FILE, "more problem")
             out.append(f"{shown_path(path)}: ... and {rest} in this file (not shown; --format json lists them all)")
-    checked = len(all_files(problems, files))
-    out.append(f"{tally(problems)} in {len(groups)} of {plural(checked, 'file')}" if problems
-               else f"{plural(checked, 'plan')} valid")
+    out.append(summary(problems, len(all_files(problems, files)), len(groups)))
     return "\n".join(out) + "\n"
+
+
+def summary(problems: list[Problem], checked: int, with_problems: int) -> str:
+    """The last line: `3 problems in 2 of 5 files`, `1 error, 2 warnings in ...`; with warnings (or notes) alone
+    the plans are valid, and it says so: `5 plans valid; 2 warnings in 1 file` (--strict fails them anyway)."""
+    if not problems:
+        return f"{plural(checked, 'plan')} valid"
+    if any(severity(p) == "error" for p in problems):
+        return f"{tally(problems)} in {with_problems} of {plural(checked, 'file')}"
+    counted = tally(problems).split(", ", 1)[1]  # "0 errors, 2 warnings" -> "2 warnings"
+    return f"{plural(checked, 'plan')} valid; {counted} in {plural(with_problems, 'file')}"
 
 
 def headline(p: Problem) -> str:
