@@ -247,7 +247,8 @@ def test_lora_load_keeps_the_plan_and_never_turns_sequential(tiny_pipelines, tmp
     pipe = load(tiny_pipelines["sd"])
     applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"]), dry_run=True)
     pipe(**call_kwargs("sd"))
-    pipe.load_lora_weights(tmp_path / "lora")
+    # weight_name: offline, older diffusers refuse to guess the file name
+    pipe.load_lora_weights(tmp_path / "lora", weight_name="pytorch_lora_weights.safetensors")
     assert any("lora" in n for n, _ in pipe.unet.named_parameters())
     assert chain(pipe) == [("text_encoder", None), ("unet", "text_encoder"), ("vae", "unet")]
     assert type(pipe.unet._hf_hook).__name__ == "CpuOffload"  # model offload, not sequential (AlignDevicesHook)
@@ -294,7 +295,14 @@ def _unet_spread(pipe):
     pipe.unet.hf_device_map = {"down_blocks": 0, "up_blocks": 1}
 
 
+def _needs_group_offload(module):
+    """Group offloading came with diffusers 0.33: CI's floors job runs an older diffusers, where it cannot be on."""
+    if not hasattr(module, "enable_group_offload"):
+        pytest.skip("this diffusers has no group offloading")
+
+
 def _group_offloaded(pipe):
+    _needs_group_offload(pipe.unet)
     pipe.unet.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
                                    num_blocks_per_group=1)
 
@@ -584,9 +592,12 @@ def _unet_hook_removed(pipe):
 
 
 def _lora_load_failed_half_way(pipe):
-    from diffusers.loaders.lora_base import _func_optionally_disable_offloading
+    from diffusers.loaders import lora_base
 
-    _func_optionally_disable_offloading(pipe)  # diffusers removed the hooks; the load then raised
+    disable = getattr(lora_base, "_func_optionally_disable_offloading", None)
+    if disable is None:
+        pytest.skip("this diffusers removes offload hooks for a LoRA load in another way")
+    disable(pipe)  # diffusers removed the hooks; the load then raised
 
 
 def _shadow_overwritten(pipe):
@@ -664,12 +675,14 @@ def _foreign_hook_on_the_unet(pipe):
 
 
 def _group_offload_through_the_pipeline(pipe):
+    _needs_group_offload(pipe)
     with pytest.raises(ValueError):  # diffusers stops at the first hooked component, after the (excluded) vae
         pipe.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
                                   num_blocks_per_group=1)
 
 
 def _group_offload_on_the_vae(pipe):
+    _needs_group_offload(pipe.vae)
     pipe.vae.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
                                   num_blocks_per_group=1)
 
@@ -705,7 +718,9 @@ def test_another_offload_put_on_behind_the_handle_blocks_its_calls(block, text, 
 
 
 def test_group_offloading_found_only_at_the_end_of_a_call_blocks_the_next_one(tiny_pipelines, tmp_path):
-    from diffusers.hooks import apply_group_offloading
+    apply_group_offloading = getattr(pytest.importorskip("diffusers.hooks"), "apply_group_offloading", None)
+    if apply_group_offloading is None:
+        pytest.skip("this diffusers has no group offloading")
 
     pipe = load(tiny_pipelines["sd"])
     applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet"], exclude=["vae"]), dry_run=True)
