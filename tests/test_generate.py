@@ -63,7 +63,10 @@ def test_gpu_id_override_with_indexed_device(tiny_pipelines, capsys):
     assert code == 1 and "PLN205" in err
 
 
-def test_no_accelerator_without_dry_run(tiny_pipelines, capsys):
+def test_no_accelerator_without_dry_run(tiny_pipelines, capsys, monkeypatch):
+    from planner.executor import devices
+
+    monkeypatch.setattr(devices, "count", lambda kind: 0)  # also on a machine that has a GPU
     code, _, err = run(capsys, "apply", EXAMPLE, "--source", tiny_pipelines["sd"])
     assert code == 1
     assert "PLN303 no cuda device found: run with --dry-run to trace the plan on the CPU" in err
