@@ -166,24 +166,42 @@ def read_plan_bytes(path: str | Path) -> bytes:
     except OSError as exc:
         raise PlanError([_missing(path, exc)]) from None
     try:
-        opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode):  # replaced between the stat and the open
-            raise PlanError([_unreadable(path, f"{path} is {_kind(opened.st_mode)}, not a plan file")])
-        # asked for by its size (one byte more, to see it end): os.read allocates all it is asked for
-        chunks, size, wanted = [], 0, min(MAX_PLAN_BYTES, opened.st_size) + 1
-        while size <= MAX_PLAN_BYTES:
-            chunk = os.read(fd, wanted)
-            chunks.append(chunk)
-            size += len(chunk)
-            if len(chunk) < wanted:  # a regular file gives less than asked only at its end
-                break
-            wanted = min(MAX_PLAN_BYTES + 1 - size, 1 << 16)  # it grew since: read on, within the bound
+        raw = read_bounded(fd, MAX_PLAN_BYTES)
+    except NotRegular as exc:  # replaced between the stat and the open
+        raise PlanError([_unreadable(path, f"{path} is {_kind(exc.mode)}, not a plan file")]) from None
     except OSError as exc:
         raise PlanError([_unreadable(path, f"cannot read {path}: {exc.strerror or exc}", None)]) from None
     finally:
         os.close(fd)
-    if size > MAX_PLAN_BYTES:  # it grew after the stat
+    if len(raw) > MAX_PLAN_BYTES:  # it grew after the stat
         raise PlanError([_too_large(path)])
+    return raw
+
+
+class NotRegular(OSError):
+    """An open file that is not a regular file (a FIFO or a device put where the file was); `mode` says what."""
+
+    def __init__(self, mode: int):
+        super().__init__(f"not a regular file (mode {mode:o})")
+        self.mode = mode
+
+
+def read_bounded(fd: int, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the open file `fd` (one more than `limit` shows it is longer), which must be a
+    regular file (else `NotRegular`), so a read never blocks and never grows without bound. Shared by the plan
+    reader and the text report's source lines."""
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        raise NotRegular(opened.st_mode)
+    # asked for by its size (one byte more, to see it end): os.read allocates all it is asked for
+    chunks, size, wanted = [], 0, min(limit, opened.st_size) + 1
+    while size <= limit:
+        chunk = os.read(fd, wanted)
+        chunks.append(chunk)
+        size += len(chunk)
+        if len(chunk) < wanted:  # a regular file gives less than asked only at its end
+            break
+        wanted = min(limit + 1 - size, 1 << 16)  # it grew since: read on, within the bound
     return b"".join(chunks)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Iterable, Mapping, NamedTuple
 
+from planner import rules as _rules
 from planner.plan import Problem
 
 # safetensors' own bound on a header (MAX_HEADER_SIZE in its reader): a larger length is not a safetensors file.
@@ -55,25 +56,9 @@ KEEP_IN_FP32 = {
                               ("float16", "bfloat16", "float32", "float64")),
 }
 
-# rule -> (what it catches, the fix printed unless a problem has a more precise one)
-RULES = {
-    "PLN401": ("a source that is not a diffusers pipeline: a missing path, no model_index.json, an unknown hub repo",
-               "name the folder that holds model_index.json, or a hub id (org/name)"),
-    "PLN402": ("a model_index.json that is not valid JSON or not a pipeline index",
-               'restore model_index.json: {"_class_name": "...", "unet": ["diffusers", "UNet2DConditionModel"], ...}'),
-    "PLN403": ("a model component without safetensors weights, or without its folder",
-               "download the component's *.safetensors files, or set its entry to [null, null]"),
-    "PLN404": ("a safetensors file whose header is not valid (not JSON, absurd length, bad offsets, unknown dtype)",
-               "the file is damaged: download it again"),
-    "PLN405": ("a weights file whose length disagrees with its header (truncated, oversized, a Git LFS pointer)",
-               "download the file again (an interrupted download is the usual cause)"),
-    "PLN406": ("a shard index that does not match its shards (missing shards, a tensor in two shards)",
-               "download the index and all its shards again, together"),
-    "PLN407": ("a variant that no component of the pipeline has",
-               "leave the variant out, or name one the files have (diffusion_pytorch_model.<variant>.safetensors)"),
-    "PLN408": ("a hub id that cannot be read: offline, hub unreachable, gated",
-               "go online (unset HF_HUB_OFFLINE), or download the model and name its folder"),
-}
+# rule -> (what it catches, the fix printed unless a problem has a more precise one): the model-folder rules of
+# the one rule list, planner.rules, where their texts live
+RULES = {r.id: (r.title, r.fix) for r in _rules.RULES.values() if r.id.startswith("PLN4")}
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 _COMPONENT = re.compile(r"[A-Za-z_]\w*")

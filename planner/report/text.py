@@ -14,6 +14,7 @@ import os
 import re
 import stat
 
+from planner.loader import read_bounded
 from planner.plan import Problem
 from planner.report.common import (
     LEGACY_COMMAND,
@@ -145,10 +146,8 @@ def read_lines(path: str, limit: int = SOURCE_LIMIT) -> list[str]:
     except (OSError, ValueError):  # ValueError: a NUL in the path
         return []
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return []
-        raw = _read(fd, limit + 1)
-    except OSError:
+        raw = read_bounded(fd, limit)
+    except OSError:  # NotRegular included: a FIFO put where the file was
         return []
     finally:
         os.close(fd)
@@ -157,13 +156,3 @@ def read_lines(path: str, limit: int = SOURCE_LIMIT) -> list[str]:
         lines.pop()  # the last line may be cut short: show none rather than a wrong one
     return lines
 
-
-def _read(fd: int, size: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.read(fd, min(size, 1 << 16))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
