@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,29 +29,14 @@ Spec = tuple[str, str, tuple[int, ...]]  # tensor name, safetensors dtype, shape
 
 
 # --- published configs (the models' config.json on the hub, as diffusers / transformers keyword arguments) -------
+# One copy, with their sources: benchmarks/published.py, which sizes the whole plans library from them.
 
-SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                 block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
-                 attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-                 addition_embed_type="text_time", addition_time_embed_dim=256,
-                 projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu")
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-              projection_dim=768, hidden_act="quick_gelu", vocab_size=49408, max_position_embeddings=77)
-CLIP_BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-                  projection_dim=1280, hidden_act="gelu", vocab_size=49408, max_position_embeddings=77)
-SDXL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=1024,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(128, 256, 512, 512), scaling_factor=0.13025)
-FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                        guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
-              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-              layer_norm_epsilon=1e-6, tie_word_embeddings=False)
-FLUX_VAE = dict(SDXL_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
-                shift_factor=0.1159)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import published  # noqa: E402
+
+SDXL_UNET, SDXL_VAE, CLIP_L = published.SDXL_UNET, published.SDXL_VAE, published.CLIP_L
+CLIP_BIG_G, T5_XXL = published.CLIP_BIG_G, published.T5_XXL
+FLUX_TRANSFORMER, FLUX_VAE = published.FLUX_DEV, published.FLUX_VAE
 
 # Published parameter counts, to check the meta models against something other than themselves.
 PARAMS = {"sdxl.unet": 2_567_463_684, "sdxl.text_encoder": 123_060_480, "sdxl.text_encoder_2": 694_659_840,
