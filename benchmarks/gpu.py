@@ -41,7 +41,7 @@ def main() -> None:
     from diffusers.utils import logging
 
     import planner
-    from planner.executor import tiny
+    from planner import tiny
 
     logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,8 +2,10 @@
 diffusers' `DiffusionPipeline.from_pretrained`, in the same run, and print the ratio. Not a test: it prints, it
 never asserts.
 
-    .venv/bin/python benchmarks/inspect_speed.py [--reads 50] [--loads 5] [--processes 5] [--no-sdxl]
+    .venv/bin/python benchmarks/inspect_speed.py [--kind sdxl] [--reads 50] [--loads 5] [--processes 5] [--no-sdxl]
 
+- The folder: a tiny random-weight pipeline (`planner tiny`), by default SDXL's four models (text_encoder,
+  text_encoder_2, unet, vae).
 - In process (imports done): median of `--reads` header reads against median of `--loads` loads.
 - Whole processes (what `planner inspect` costs a user): `python -c "read"` against `python -c "from_pretrained"`,
   median of `--processes` runs each.
@@ -70,6 +72,14 @@ def in_process(folder: Path, reads: int, loads: int) -> tuple[float, float]:
     return t_read, t_load
 
 
+def _sizes_of(folder: Path):
+    from planner import sizes
+
+    found, problems = sizes.read(folder)
+    assert found and not problems, problems
+    return found
+
+
 def sdxl_sized(root: Path, reads: int) -> tuple[list[float], int, int]:
     import headers
 
@@ -87,22 +97,25 @@ def sdxl_sized(root: Path, reads: int) -> tuple[list[float], int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    from planner import tiny
+
+    parser.add_argument("--kind", default="sdxl", choices=tiny.KINDS, help="the tiny pipeline to time")
     parser.add_argument("--reads", type=int, default=50)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--no-sdxl", action="store_true", help="skip the SDXL-sized folder")
     args = parser.parse_args()
-    from planner.executor import tiny
 
     with tempfile.TemporaryDirectory() as tmp:
-        progress("building the tiny SD pipeline")
-        folder = tiny.build("sd", Path(tmp) / "tiny-sd")
+        progress(f"building the tiny {args.kind} pipeline")
+        folder = tiny.build(args.kind, Path(tmp) / f"tiny-{args.kind}")
+        models = list(_sizes_of(folder).components)
         t_read, t_load = in_process(folder, args.reads, args.loads)
         progress(f"timing whole processes ({args.processes} runs each)")
         p_read = whole_process(READ, folder, args.processes)
         p_load = whole_process(LOAD, folder, args.processes)
         big = None if args.no_sdxl else sdxl_sized(Path(tmp), args.reads)
-    print("tiny SD pipeline (text_encoder, unet, vae), same run")
+    print(f"tiny {args.kind} pipeline, {len(models)} models ({', '.join(models)}), same run")
     print(f"in process    : headers {t_read * 1000:8.2f} ms   from_pretrained {t_load * 1000:8.1f} ms   "
           f"ratio {t_read / t_load:.4f}")
     print(f"whole process : planner {p_read * 1000:8.1f} ms   diffusers       {p_load * 1000:8.1f} ms   "

@@ -48,7 +48,7 @@ def main() -> None:
     from diffusers.utils import logging as dlogging
 
     import planner
-    from planner.executor import tiny
+    from planner import tiny
 
     dlogging.set_verbosity_error()
     dry_run = args.device == "cpu"

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import stat
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from planner import __version__
 from planner.discover import Entry, discover
-from planner.executor.tiny import KINDS  # a constant: importing it loads no torch
 from planner.plan import PlanError, Problem
 from planner.report import FORMATS
 from planner.report.common import is_error, visible
+from planner.sizes import TORCH_DTYPES
+from planner.tiny import KINDS  # a constant: importing it loads no torch
 from planner.validate import check, load_plan
 
 EXIT_STATUS = """\
@@ -77,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                                "or path as printed; repeatable)")
     validate.add_argument("--format", default="text", choices=list(FORMATS))
     validate.add_argument("--strict", action="store_true", help="warnings fail validation too (exit 1)")
+    validate.add_argument("--model", metavar="PATH_OR_HUB_ID",
+                          help="check each plan against this diffusers folder (or hub id) too, from its "
+                               "safetensors headers: its components, its class, every weights file whole; text "
+                               "output prints its sizes")
     validate.set_defaults(run=_validate)
 
     show = sub.add_parser("show", help="print a plan's resolved sequence, device and exclusions")
@@ -85,6 +92,38 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the plan JSON Schema")
     schema.set_defaults(run=_schema)
+
+    inspect = sub.add_parser("inspect", help="sizes of a diffusers folder or hub repo, from its safetensors headers",
+                             description="Print each model component's class, stored dtype and size, its size "
+                             "at --dtype and its repeated blocks, read from model_index.json and the safetensors "
+                             "headers alone: no weights are read, no torch is imported. A hub id is read by range "
+                             "requests (nothing downloaded but the headers).")
+    inspect.add_argument("source", metavar="PATH_OR_HUB_ID", help="a folder holding model_index.json, or org/name")
+    inspect.add_argument("--dtype", choices=list(TORCH_DTYPES),
+                         help="the torch_dtype it will be loaded at (default: as from_pretrained without one)")
+    inspect.add_argument("--variant", metavar="NAME", help="read the weights of this variant (*.fp16.safetensors), "
+                         "as from_pretrained(variant=...) chooses them")
+    inspect.add_argument("--revision", metavar="REV", help="the hub revision (a hub id only)")
+    inspect.add_argument("--format", default="text", choices=["text", "json"])
+    inspect.set_defaults(run=_inspect)
+
+    init = sub.add_parser("init", help="write the plan that reproduces diffusers' offload for a class or a folder",
+                          description="Print (or write with -o) the plan that reproduces what diffusers' "
+                          "enable_model_cpu_offload hooks for a pipeline class, from the shipped index (no torch): "
+                          "its chain, its exclusions, the models left to a hook of their own, with a comment per "
+                          "component (its size, for --model).")
+    source = init.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pipeline-class", metavar="NAME", help="a diffusers pipeline class name")
+    source.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a diffusers folder (model_index.json) or hub id: "
+                        "its class, its source and its sizes (headers only, no weights read)")
+    init.add_argument("--dtype", choices=list(TORCH_DTYPES),
+                      help="pipeline.torch_dtype, and the dtype the sizes are shown at")
+    init.add_argument("--variant", metavar="NAME", help="pipeline.variant (weights such as *.fp16.safetensors)")
+    init.add_argument("--device", default="cuda", help="the plan's device (default: %(default)s)")
+    init.add_argument("-o", "--output", metavar="FILE", help="write the plan here instead of printing it; an "
+                      "existing file is kept unless --force")
+    init.add_argument("--force", action="store_true", help="overwrite FILE")
+    init.set_defaults(run=_init)
 
     apply = sub.add_parser("apply", help="load the plan's pipeline, apply the plan and generate",
                            description="Load the plan's pipeline, apply the plan, generate, and print what moved. "
@@ -109,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--device", help="override the plan's device (checked by the same rules)")
     apply.add_argument("--gpu-id", type=_integer, metavar="N",
                        help="override the plan's gpu_id (checked by the same rules)")
+    apply.add_argument("--dtype", metavar="DTYPE", help="override the plan's pipeline.torch_dtype (checked by the "
+                       f"same rules: {', '.join(TORCH_DTYPES)})")
+    apply.add_argument("--variant", metavar="NAME", help="override the plan's pipeline.variant (checked by the same "
+                       "rules, and against the source folder's files)")
     apply.add_argument("--dry-run", action="store_true",
                        help="install the same hooks with the CPU as execution device and trace what would move")
     apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON; missing folders are "
@@ -120,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny", help="build a tiny random-weight pipeline folder (offline) to try plans on",
                           description="Build a tiny random-weight pipeline and save it to FOLDER, offline. FOLDER "
                           "must be missing, empty, or a previous tiny build: nothing else is ever overwritten.")
-    tiny.add_argument("kind", choices=KINDS, help="the pipeline to build")
+    tiny.add_argument("kind", choices=KINDS, help="the pipeline to build (a library family: sd is Stable Diffusion "
+                      "1.5, wan-i2v Wan 2.1 image-to-video, ...)")
     tiny.add_argument("folder", metavar="FOLDER", help="where to save it (reused when it holds this kind already)")
     tiny.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
     tiny.set_defaults(run=_tiny)
@@ -162,13 +206,77 @@ def _plan_files(paths: list[str], exclude: list[str], parser: argparse.ArgumentP
 def _validate(args, parser) -> int:
     entries = _plan_files(args.paths, args.exclude, parser)
     problems = [p for entry in entries for p in ([entry.problem] if entry.problem else check(entry.path))]
+    tables = []
+    if args.model is not None:
+        if not args.model.strip():
+            _usage(parser, "validate", "--model: an empty name: name a folder holding model_index.json, or a hub id")
+        tables, found = _against_model(args.model, entries)
+        order = {entry.path: i for i, entry in enumerate(entries)}  # each plan's in source order, then the folder's
+        problems = sorted(problems + found, key=lambda p: (order.get(p.path, len(order)), p.line, p.column))
     report = FORMATS[args.format](problems, [entry.path for entry in entries])
-    try:
-        sys.stdout.write(report)
-    except UnicodeEncodeError:  # an output encoding that cannot show a name's characters: escape, never fail
-        encoding = sys.stdout.encoding or "ascii"
-        sys.stdout.write(report.encode(encoding, "backslashreplace").decode(encoding))
+    if tables and args.format == "json":
+        from planner.report.common import neutral_json
+
+        report = neutral_json(json.dumps({**json.loads(report), "sizes": [t.to_json() for t in tables]},
+                                         indent=2)) + "\n"
+    elif tables and args.format == "text":
+        from planner.sizes import render_text
+
+        report = "".join(_visible_text(render_text(t)) + "\n" for t in tables) + report
+    _write(report)
     return 1 if any(args.strict or is_error(p) for p in problems) else 0  # warnings fail only under --strict
+
+
+def _against_model(model: str, entries: list[Entry]) -> tuple[list, list[Problem]]:
+    """`validate --model`: the sizes read and the problems of the model folder and of each plan against it. A
+    plan with errors is not compared (its own problems are reported already)."""
+    from planner import sizes
+
+    plans = []
+    for entry in entries:
+        if entry.problem is None:
+            try:
+                plans.append(load_plan(entry.path))
+            except PlanError:
+                pass
+    return sizes.check_plans(model, plans)
+
+
+def _write(text: str) -> None:
+    """`text` on stdout; an output encoding that cannot show a name's characters gets escapes, never a failure."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        encoding = sys.stdout.encoding or "ascii"
+        sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
+def _visible_text(text: str) -> str:
+    """`text` with every line's names shown as data (`visible`), its line breaks kept."""
+    return "\n".join(visible(line) for line in text.split("\n"))
+
+
+def _inspect(args, parser) -> int:
+    from dataclasses import asdict
+
+    from planner import sizes
+    from planner.report.common import neutral_json
+
+    if not args.source.strip():
+        _usage(parser, "inspect", "an empty name: name a folder holding model_index.json, or a hub id (org/name)")
+    if args.variant is not None and not args.variant.strip():
+        _usage(parser, "inspect", "--variant: an empty name: name a variant such as fp16, or leave it out")
+    found, problems = sizes.read(args.source, variant=args.variant, torch_dtype=args.dtype, revision=args.revision)
+    if args.format == "json":
+        shown = found or sizes.ModelSizes(None, args.source, {}, variant=args.variant, torch_dtype=args.dtype)
+        _write(neutral_json(json.dumps({**shown.to_json(), "problems": [asdict(p) for p in problems]},
+                                       indent=2)) + "\n")
+    elif found is not None:
+        _write(_visible_text(sizes.render_text(found)))
+    if args.format == "text" and problems:
+        sys.stdout.flush()  # the table first, then what kept components out of it
+        _fail_lines(problems)
+    return 1 if any(is_error(p) for p in problems) else 0
 
 
 def _show(args, parser) -> int:
@@ -180,6 +288,8 @@ def _show(args, parser) -> int:
     print(f"device: {plan.device}")
     print(f"gpu_id: {plan.gpu_id if plan.gpu_id is not None else '(unset: 0, or the index in device)'}")
     print(f"exclude: {', '.join(sorted(plan.exclude)) or '(none)'}")
+    if plan.own_hook:
+        print(f"own_hook: {', '.join(sorted(plan.own_hook))}")
     return 0
 
 
@@ -190,12 +300,66 @@ def _schema(args, parser) -> int:
     return 0
 
 
+def _init(args, parser) -> int:
+    from planner import scaffold
+    from planner.rules.device import device_problems
+
+    if args.output is not None:
+        problem = _output_problem(args.output)
+        if problem is None and os.path.lexists(args.output) and not args.force:
+            problem = f"{args.output!r} exists: pass --force to overwrite it"
+        if problem:
+            _usage(parser, "init", problem)
+    found = device_problems(args.device, None)
+    if found:
+        return _fail_lines([rule.problem("--device", message, fix) for _, rule, message, fix in found])
+    options = scaffold.Options(torch_dtype=args.dtype, variant=args.variant, device=args.device,
+                               schema=scaffold.schema_path(args.output))
+    cls, where = args.pipeline_class, "--pipeline-class"
+    if args.model is not None:
+        from planner import sizes
+
+        read, problems = sizes.read(args.model, variant=args.variant, torch_dtype=args.dtype)
+        if problems:
+            return _fail_lines(problems)
+        cls, where = read.class_name, os.path.join(args.model, "model_index.json")
+        options = replace(options, source=_source_for(args.model, args.output), sizes=read)
+    try:
+        text = scaffold.plan_text(cls, options, where)
+    except scaffold.NoPlan as exc:
+        return _fail_lines([exc.problem])
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
+                                     prefix=f".{target.name}.", suffix=".tmp") as out:
+        out.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out.name, 0o666 & ~umask)  # as an ordinary new file, not the temporary file's 0600
+    os.replace(out.name, target)  # never a half-written plan, even when interrupted
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _source_for(model: str, output: str | None) -> str:
+    """`pipeline.source` for `--model`: a hub id as given; a folder relative to the plan file's folder (the plan
+    resolves a relative source against the current folder, then against its own folder)."""
+    if not os.path.exists(model) or output is None:
+        return model
+    return os.path.relpath(os.path.abspath(model), os.path.dirname(os.path.abspath(output))).replace(os.sep, "/")
+
+
 def _apply(args, parser) -> int:
     _require_apply_extra(parser, "apply")
     problem = _apply_path_problem(args)
     if problem:
         _usage(parser, "apply", problem)
-    overrides = {key: value for key, value in (("device", args.device), ("gpu_id", args.gpu_id)) if value is not None}
+    overrides = {key: value for key, value in (("device", args.device), ("gpu_id", args.gpu_id),
+                                               ("pipeline.torch_dtype", args.dtype), ("pipeline.variant", args.variant))
+                 if value is not None}
     try:
         plan = load_plan(_existing(args.plan, parser, "apply"), overrides)
     except PlanError as exc:
@@ -217,7 +381,8 @@ def _apply(args, parser) -> int:
 
 def _tiny(args, parser) -> int:
     _require_apply_extra(parser, "tiny")
-    from planner.executor import generate, tiny
+    from planner import tiny
+    from planner.executor import generate
 
     if not args.folder or not tiny.built(args.kind, args.folder):  # "" would name the working folder
         problem = _folder_problem(args.folder) or tiny.folder_problem(args.folder)
@@ -226,12 +391,17 @@ def _tiny(args, parser) -> int:
     try:
         with generate.console(_progress(args)):
             folder = tiny.build(args.kind, args.folder)
-    except tiny.FolderInUse as exc:  # filled between the check and the build
+    except (tiny.FolderInUse, tiny.Unavailable) as exc:  # filled between the check and the build; an old diffusers
         _usage(parser, "tiny", str(exc))
     except OSError as exc:
         sys.stderr.write(f"planner tiny: error: {exc}\n")
         return 1
     print(f"tiny {args.kind} pipeline in {folder}")
+    kind = tiny.KINDS[args.kind]
+    if kind.hint():  # the flags a quick call of this one needs: say them once, here
+        image = f" (IMAGE: {kind.image})" if kind.image else ""
+        print(f"call it with: planner apply plans/{kind.plans[0]}.yaml --source {folder} --dry-run "
+              f"{kind.hint()}{image}")
     return 0
 
 
@@ -382,6 +552,14 @@ def _existing(path: str, parser, command: str) -> str:
 def _usage(parser, command: str, message: str) -> None:
     """Exit 2 with one line, `planner COMMAND: error: MESSAGE` (argparse's words, without the usage dump)."""
     parser.exit(2, f"{parser.prog} {command}: error: {message}\n")
+
+
+def _fail_lines(problems: list[Problem]) -> int:
+    """Exit 1 with each problem on one line of stderr (escaped as every report is), for commands that read no
+    plan file: a summary counting plans would say nothing true."""
+    for problem in problems:
+        sys.stderr.write(visible(str(problem)) + "\n")
+    return 1
 
 
 def _fail(problems: list[Problem]) -> int:

@@ -63,6 +63,8 @@ class Plan:
     exclude: frozenset[str]
     edges: tuple[tuple[str, str], ...]
     policy: str = "chain"
+    own_hook: frozenset[str] = frozenset()
+    pipes: Mapping[str, str] = field(default_factory=dict)  # component -> its connected pipeline (combined classes)
     pipeline_class: str | None = None
     pipeline_source: str | None = None
     torch_dtype: str | None = None
@@ -71,11 +73,26 @@ class Plan:
 
     def __post_init__(self):
         object.__setattr__(self, "locations", MappingProxyType(dict(self.locations)))
+        object.__setattr__(self, "pipes", MappingProxyType(dict(self.pipes)))
+
+    @property
+    def chains(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """The chains the plan asks for, as (connected pipeline or None, its names in order): one chain of the
+        whole sequence, or for a combined pipeline one per connected pipeline, in order of first appearance."""
+        if not self.pipes:
+            return ((None, self.sequence),)
+        chains: dict[str | None, list[str]] = {}
+        for name in self.sequence:
+            chains.setdefault(self.pipes.get(name), []).append(name)
+        return tuple((pipe, tuple(names)) for pipe, names in chains.items())
 
     @property
     def offload_seq(self) -> str:
-        """The sequence in diffusers' `model_cpu_offload_seq` spelling."""
-        return "->".join(self.sequence)
+        """The sequence in diffusers' `model_cpu_offload_seq` spelling; chains of connected pipelines are shown
+        as `prior_pipe(a->b) decoder_pipe(c->d)`."""
+        if not self.pipes:
+            return "->".join(self.sequence)
+        return " ".join(f"{pipe}({'->'.join(names)})" for pipe, names in self.chains)
 
     def problem(self, key: str, rule, message: str, fix: str | None = None) -> Problem:
         """A problem located at `key` of this plan's source (or at the file when the key has no place). `rule` is

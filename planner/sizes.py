@@ -5,11 +5,20 @@ repeated block: the units the budget policy keeps resident or streams.
 Pure: json, struct and pathlib (huggingface_hub is imported only to read a hub id). A bad folder never raises:
 `read` returns (sizes, problems), each problem a `Problem` with a PLN4xx rule, line 0 and the offending file as its
 path. A component with any problem is left out of the sizes, so every size reported is exact.
+
+The sizes are the weights: parameters and persistent buffers, what the safetensors files hold. A model can also
+build non-persistent buffers when it is made (CLIP's `position_ids`, rotary tables); they move with the model, so
+the executor's trace, which measures the loaded modules, counts them too, and nothing here can see them.
+
+`check_plan` compares a plan with a pipeline read here (`planner validate --model`): the same mistakes `planner
+apply` finds once the weights are loaded (PLN301, PLN304), found from the folder before.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
+import importlib.metadata
 import json
 import math
 import os
@@ -17,13 +26,16 @@ import re
 import stat
 import struct
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Iterable, Mapping, NamedTuple
 
+from planner import index
 from planner import rules as _rules
-from planner.plan import Problem
+from planner.plan import Plan, Problem
+from planner.rules import PLN301, PLN304, PLN401, PLN402, PLN403, PLN404, PLN405, PLN406, PLN407, PLN408, Rule
+from planner.rules.context import did_you_mean, some
 
 # safetensors' own bound on a header (MAX_HEADER_SIZE in its reader): a larger length is not a safetensors file.
 MAX_HEADER_BYTES = 100_000_000
@@ -67,11 +79,6 @@ _BASES = {"diffusers": ("diffusion_pytorch_model",), "transformers": ("model",)}
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-def problem(rule: str, path: str, message: str, fix: str | None = None) -> Problem:
-    """A `Problem` of this module: no place in a file (line 0), the fix of the rule unless one is given."""
-    return Problem(str(path), 0, 0, rule, message, RULES[rule][1] if fix is None else fix)
-
-
 class Tensor(NamedTuple):
     """One tensor as its safetensors header describes it; `nbytes` is its size as stored."""
 
@@ -88,7 +95,8 @@ class Tensor(NamedTuple):
 @dataclass(frozen=True)
 class ComponentSizes:
     """A model component: its class and the tensors of the weights files diffusers would load, each stored tensor
-    once (a tied tensor is stored once, so it counts once). `files` are relative to the source, index first."""
+    once (a tied tensor is stored once, so it counts once). `files` are relative to the source, index first.
+    `config_dtype` is the dtype a transformers model's config.json names (`dtype`, formerly `torch_dtype`)."""
 
     name: str
     library: str
@@ -96,6 +104,7 @@ class ComponentSizes:
     files: tuple[str, ...]
     tensors: tuple[Tensor, ...]
     variant: str | None = None
+    config_dtype: str | None = None
 
     @cached_property
     def bytes(self) -> int:
@@ -116,12 +125,16 @@ class ComponentSizes:
         return next(iter(self.dtypes), None)
 
     def load_dtype(self, torch_dtype: str | None) -> str | None:
-        """The dtype floating tensors get when loaded with `torch_dtype`, or None for "as stored": without one,
-        diffusers builds its models in float32 and casts the weights to it, transformers keeps the stored dtype
-        ("auto")."""
-        if torch_dtype is None and self.library == "diffusers":
+        """The dtype floating tensors get when loaded with `torch_dtype`, or None for "as stored". Without one,
+        diffusers builds its models in float32 and casts the weights to it; transformers 5 loads "auto": the
+        dtype config.json names, else as stored (transformers 4: float32)."""
+        if torch_dtype is not None:
+            return torch_dtype
+        if self.library == "diffusers":
             return "float32"
-        return torch_dtype
+        if self.library == "transformers":
+            return self.config_dtype if _transformers_loads_auto() else "float32"
+        return None
 
     def bytes_at(self, torch_dtype: str | None) -> int:
         """Bytes once loaded by `from_pretrained(..., torch_dtype=torch_dtype)` (see `load_dtype`)."""
@@ -165,7 +178,9 @@ class ComponentSizes:
 class ModelSizes:
     """A pipeline read from its folder or hub repo: the model components (those with weights) in model_index.json
     order, the components without weights (scheduler, tokenizer: library and class), and the absent ones
-    ([null, null]). `variant` and `torch_dtype` are what was asked; each component says which variant it has."""
+    ([null, null]). `variant` and `torch_dtype` are what was asked; each component says which variant it has.
+    `unread` are the model components model_index.json names whose weights could not be read (the problems `read`
+    returned with these sizes say why)."""
 
     class_name: str
     source: str
@@ -174,6 +189,7 @@ class ModelSizes:
     absent: tuple[str, ...] = ()
     variant: str | None = None
     torch_dtype: str | None = None
+    unread: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "components", MappingProxyType(dict(self.components)))
@@ -190,7 +206,7 @@ class ModelSizes:
                 "components": comps, "bytes": sum(c["bytes"] for c in comps.values()),
                 "bytes_at_dtype": sum(c["bytes_at_dtype"] for c in comps.values()),
                 "others": {name: {"library": lib, "class": cls} for name, (lib, cls) in self.others.items()},
-                "absent": list(self.absent)}
+                "absent": list(self.absent), "unread": list(self.unread)}
 
 
 def block_of(name: str) -> str:
@@ -227,6 +243,8 @@ def read(source: str | os.PathLike, *, variant: str | None = None, torch_dtype: 
     if torch_dtype is not None and torch_dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown torch_dtype {torch_dtype!r}: use one of {', '.join(TORCH_DTYPES)}")
     path = os.fsdecode(source)
+    if not path.strip():  # Path("") is the working folder: never read it for a name that names nothing
+        return None, [PLN401.problem(path, f"{path!r} names no folder")]
     if not os.path.exists(path) and _HUB_ID.fullmatch(path):
         return _read_hub(path, variant, torch_dtype, revision)
     return _read_folder(path, variant, torch_dtype)
@@ -236,18 +254,18 @@ def _read_folder(path: str, variant, torch_dtype):
     root = Path(path)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
-        return None, [problem("PLN401", path, f"{path} {what}")]
+        return None, [PLN401.problem(path, f"{path} {what}")]
     if not (root / "model_index.json").is_file():
         single = (root / "config.json").is_file()
         why = ("holds one model (config.json), not a pipeline" if single else "is not a diffusers pipeline folder")
-        return None, [problem("PLN401", path, f"{path} {why}: it has no model_index.json",
-                              "name the pipeline folder above it" if single else None)]
+        return None, [PLN401.problem(path, f"{path} {why}: it has no model_index.json",
+                                     "name the pipeline folder above it" if single else None)]
     return _read_pipeline(_Folder(root), path, variant, torch_dtype)
 
 
 def _read_pipeline(source, label: str, variant, torch_dtype):
     """The sizes of a pipeline whose files `source` lists and reads (a `_Folder` or a `_Hub`)."""
-    index, found = source.json("model_index.json", "PLN402")
+    index, found = source.json("model_index.json", PLN402)
     if found:
         return None, [found]
     parsed, problems = _pipeline_index(index, source.where("model_index.json"))
@@ -255,17 +273,18 @@ def _read_pipeline(source, label: str, variant, torch_dtype):
         return None, problems
     class_name, entries, absent = parsed
     listings = {name: source.listing(name) for name in entries}
-    problems += [problem("PLN403", source.where(name), f"model_index.json names {name} ({entries[name][1]}) but "
-                         f"there is no folder {name}") for name, files in listings.items() if files is None]
+    problems += [PLN403.problem(source.where(name), f"model_index.json names {name} ({entries[name][1]}) but "
+                                f"there is no folder {name}") for name, files in listings.items() if files is None]
     if variant and not any(_has_variant(files or {}, variant) for files in listings.values()):
-        return None, problems + [problem("PLN407", source.where("model_index.json"),
-                                         f"no component has files of the variant {variant!r}")]
+        return None, problems + [PLN407.problem(source.where("model_index.json"),
+                                                f"no component has files of the variant {variant!r}")]
     picks = [_pick(source, name, entries[name], files, variant) for name, files in listings.items()
              if files is not None and _is_model(files)]
     components, found = _read_models(source, picks)
     others = {name: entries[name] for name, files in listings.items()
               if files is not None and not _is_model(files)}
-    return ModelSizes(class_name, label, components, others, absent, variant, torch_dtype), problems + found
+    unread = tuple(name for name in entries if name not in components and name not in others)
+    return ModelSizes(class_name, label, components, others, absent, variant, torch_dtype, unread), problems + found
 
 
 def _read_models(source, picks: list[_Pick]) -> tuple[dict[str, ComponentSizes], list[Problem]]:
@@ -285,12 +304,12 @@ def _pipeline_index(index, where: str):
     """((class name, {component: (library, class)}, absent names), problems) of a model_index.json document;
     None in place of the triple when it is not a pipeline index."""
     if not isinstance(index, dict):
-        return None, [problem("PLN402", where, "model_index.json is not a JSON object")]
+        return None, [PLN402.problem(where, "model_index.json is not a JSON object")]
     class_name = index.get("_class_name")
     if isinstance(class_name, list) and len(class_name) == 2:  # a custom pipeline: [module file, class]
         class_name = class_name[1]
     if not isinstance(class_name, str) or not class_name:
-        return None, [problem("PLN402", where, "model_index.json has no _class_name (the pipeline class)")]
+        return None, [PLN402.problem(where, "model_index.json has no _class_name (the pipeline class)")]
     entries, absent, problems = {}, [], []
     for name, value in index.items():
         if name.startswith("_") or not isinstance(value, list):
@@ -298,12 +317,12 @@ def _pipeline_index(index, where: str):
         if value == [None, None]:
             absent.append(name)
         elif not _COMPONENT.fullmatch(name):
-            problems.append(problem("PLN402", where, f"component name {name!r} is not an identifier"))
+            problems.append(PLN402.problem(where, f"component name {name!r} is not an identifier"))
         elif len(value) == 2 and all(isinstance(v, str) and v for v in value):
             entries[name] = (value[0], value[1])
         else:
-            problems.append(problem("PLN402", where, f"component {name}: {json.dumps(value)[:80]} is neither "
-                                    "[library, class] nor [null, null]"))
+            problems.append(PLN402.problem(where, f"component {name}: {json.dumps(value)[:80]} is neither "
+                                           "[library, class] nor [null, null]"))
     return (None if problems else (class_name, entries, tuple(absent))), problems
 
 
@@ -354,6 +373,7 @@ class _Pick:
     shards: tuple[str, ...] = ()
     weight_map: Mapping[str, str] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
+    config_dtype: str | None = None
 
     @property
     def headers(self) -> list[str]:
@@ -369,39 +389,62 @@ def _pick(source, name: str, entry: tuple[str, str], files: set[str], variant) -
     use = variant if variant and _has_variant(files, variant) else None
     candidates = tuple(weights_candidates(entry[0], use))
     found = next((f for f in candidates if f in files), None)
-    pick = _Pick(name, entry[0], entry[1], use, found, candidates)
+    config_dtype = _config_dtype(source, name, files) if entry[0] == "transformers" else None
+    pick = _Pick(name, entry[0], entry[1], use, found, candidates, config_dtype=config_dtype)
     if found is None:
         return replace(pick, problems=(_no_weights(source, name, files, candidates),))
     if not found.endswith(".json"):
         return pick
     rel = f"{name}/{found}"
-    index, failure = source.json(rel, "PLN406")
+    index, failure = source.json(rel, PLN406)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if failure is None and (not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in
                                                                         weight_map.values())):
-        failure = problem("PLN406", source.where(rel), "not a shard index: it needs a weight_map of tensor names "
-                          "to shard files")
+        failure = PLN406.problem(source.where(rel), "not a shard index: it needs a weight_map of tensor names "
+                                 "to shard files")
     if failure:
         return replace(pick, problems=(failure,))
     shards = tuple(sorted(set(weight_map.values())))
     unsafe = [s for s in shards if not s or "/" in s or "\\" in s or s in (".", "..")]
     missing = [s for s in shards if s not in files]
     if unsafe:
-        failure = problem("PLN406", source.where(rel), "shard names must be plain file names in the component "
-                          f"folder, not {', '.join(map(repr, unsafe))}")
+        failure = PLN406.problem(source.where(rel), "shard names must be plain file names in the component "
+                                 f"folder, not {', '.join(map(repr, unsafe))}")
     elif missing:
-        failure = problem("PLN406", source.where(rel), f"{len(missing)} of {len(shards)} shards missing: "
-                          f"{', '.join(missing)}", "download the missing shards")
+        failure = PLN406.problem(source.where(rel), f"{len(missing)} of {len(shards)} shards missing: "
+                                 f"{', '.join(missing)}", "download the missing shards")
     return replace(pick, shards=shards, weight_map=weight_map, problems=(failure,) if failure else ())
+
+
+def _config_dtype(source, name: str, files: set[str]) -> str | None:
+    """The dtype a transformers model's config.json names (what its "auto" loads at), or None: no config, one
+    that cannot be read (loading would fail anyway: the weights are what this module checks), or no dtype."""
+    if "config.json" not in files:
+        return None
+    config, failure = source.json(f"{name}/config.json", PLN403)
+    value = (config.get("dtype") or config.get("torch_dtype")) if failure is None and isinstance(config, dict) else None
+    return value if value in TORCH_DTYPES else None
+
+
+@lru_cache(maxsize=1)
+def _transformers_loads_auto() -> bool:
+    """Whether the installed transformers loads a model given no dtype as "auto" (5.0 on), not in float32; read
+    from the package's metadata, without importing it. Without transformers, the current behaviour ("auto")."""
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    major = version.split(".", 1)[0]
+    return not major.isdigit() or int(major) >= 5
 
 
 def _no_weights(source, name: str, files: set[str], candidates: tuple[str, ...]) -> Problem:
     pickles = sorted(f for f in files if f.endswith(".bin"))
     if pickles:
-        return problem("PLN403", source.where(name), f"{name} holds only pickle weights ({', '.join(pickles)}), "
-                       "whose sizes cannot be read without loading them",
-                       "convert it to safetensors: save_pretrained(folder, safe_serialization=True)")
-    return problem("PLN403", source.where(name), f"{name} has no weights: none of {', '.join(candidates)}")
+        return PLN403.problem(source.where(name), f"{name} holds only pickle weights ({', '.join(pickles)}), "
+                              "whose sizes cannot be read without loading them",
+                              "convert it to safetensors: save_pretrained(folder, safe_serialization=True)")
+    return PLN403.problem(source.where(name), f"{name} has no weights: none of {', '.join(candidates)}")
 
 
 def _component(source, pick: _Pick, headers: dict) -> tuple[ComponentSizes | None, list[Problem]]:
@@ -421,18 +464,19 @@ def _component(source, pick: _Pick, headers: dict) -> tuple[ComponentSizes | Non
         shard = rel.rsplit("/", 1)[1]
         for t in found:
             if t.name in home:
-                return None, [problem("PLN406", where, f"tensor {t.name!r} is stored in both {home[t.name]} "
-                                      f"and {shard}")]
+                return None, [PLN406.problem(where, f"tensor {t.name!r} is stored in both {home[t.name]} "
+                                             f"and {shard}")]
             home[t.name] = shard
             tensors.append(t)
     if pick.shards:
         wrong = sorted(n for n in set(home) | set(pick.weight_map) if home.get(n) != pick.weight_map.get(n))
         if wrong:
             first = wrong[0]
-            return None, [problem("PLN406", where, f"the weight_map disagrees with the shards for {len(wrong)} "
-                                  f"tensors (first: {first!r}, mapped to {pick.weight_map.get(first, 'no shard')}, "
-                                  f"stored in {home.get(first, 'no shard')})")]
-    return ComponentSizes(pick.name, pick.library, pick.class_name, files, tuple(tensors), pick.variant), []
+            mapped, stored = pick.weight_map.get(first, "no shard"), home.get(first, "no shard")
+            return None, [PLN406.problem(where, f"the weight_map disagrees with the shards for {len(wrong)} "
+                                         f"tensors (first: {first!r}, mapped to {mapped}, stored in {stored})")]
+    return ComponentSizes(pick.name, pick.library, pick.class_name, files, tuple(tensors), pick.variant,
+                          pick.config_dtype), []
 
 
 # --- safetensors headers -----------------------------------------------------------------------------------------
@@ -450,8 +494,8 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[Tensor, ...], Problem | 
             found = _prefix_problem(prefix, size, where)
             raw = b"" if found else f.read(struct.unpack("<Q", prefix)[0])
     except OSError as exc:
-        return (), problem("PLN404", where, f"cannot read it: {exc.strerror or exc}", "check the file and its "
-                           "permissions")
+        return (), PLN404.problem(where, f"cannot read it: {exc.strerror or exc}", "check the file and its "
+                                  "permissions")
     if found:
         return (), found
     if len(raw) != struct.unpack("<Q", prefix)[0]:  # it shrank while read
@@ -467,7 +511,7 @@ def parse_header(raw: bytes, where: str, size: int | None = None) -> tuple[tuple
     header, why = _decode(raw)
     tensors, end, why = ((), 0, why) if why else _entries(header)
     if why:
-        return (), problem("PLN404", where, f"not a valid safetensors header: {why}")
+        return (), PLN404.problem(where, f"not a valid safetensors header: {why}")
     declared = 8 + len(raw) + end
     if size is not None and size != declared:
         return (), _length_problem(where, size, declared)
@@ -476,27 +520,27 @@ def parse_header(raw: bytes, where: str, size: int | None = None) -> tuple[tuple
 
 def _prefix_problem(prefix: bytes, size: int, where: str) -> Problem | None:
     if prefix == _LFS_POINTER and size < 1024:
-        return problem("PLN405", where, "a Git LFS pointer file, not the weights",
-                       "fetch the weights: git lfs pull (or download the file again)")
+        return PLN405.problem(where, "a Git LFS pointer file, not the weights",
+                              "fetch the weights: git lfs pull (or download the file again)")
     if len(prefix) < 8:
-        return problem("PLN405", where, f"{size} bytes: too short to be a safetensors file (truncated)")
+        return PLN405.problem(where, f"{size} bytes: too short to be a safetensors file (truncated)")
     length = struct.unpack("<Q", prefix)[0]
     if length > MAX_HEADER_BYTES:
-        return problem("PLN404", where, f"not a valid safetensors header: its length field says {length:,} bytes, "
-                       f"more than the {MAX_HEADER_BYTES:,} safetensors allows")
+        return PLN404.problem(where, f"not a valid safetensors header: its length field says {length:,} bytes, "
+                              f"more than the {MAX_HEADER_BYTES:,} safetensors allows")
     if 8 + length > size:
-        return problem("PLN405", where, f"truncated inside its header: at least {8 + length - size:,} bytes "
-                       f"missing (a {length:,}-byte header, a {size:,}-byte file)")
+        return PLN405.problem(where, f"truncated inside its header: at least {8 + length - size:,} bytes "
+                              f"missing (a {length:,}-byte header, a {size:,}-byte file)")
     return None
 
 
 def _length_problem(where: str, size: int, declared: int) -> Problem:
     if size < declared:
-        return problem("PLN405", where, f"truncated: {declared - size:,} bytes missing (the header declares "
-                       f"{declared:,} bytes, the file has {size:,})")
-    return problem("PLN405", where, f"{size - declared:,} bytes after the last tensor (the header declares "
-                   f"{declared:,} bytes, the file has {size:,})", "the file is not the one its header describes: "
-                   "download it again")
+        return PLN405.problem(where, f"truncated: {declared - size:,} bytes missing (the header declares "
+                              f"{declared:,} bytes, the file has {size:,})")
+    return PLN405.problem(where, f"{size - declared:,} bytes after the last tensor (the header declares "
+                          f"{declared:,} bytes, the file has {size:,})",
+                          "the file is not the one its header describes: download it again")
 
 
 def _decode(raw: bytes) -> tuple[dict | None, str | None]:
@@ -621,10 +665,10 @@ class _Folder:
         except OSError:
             return None
 
-    def json(self, rel: str, rule: str) -> tuple[object, Problem | None]:
+    def json(self, rel: str, rule: Rule) -> tuple[object, Problem | None]:
         """(document, None) of a small JSON file, or (None, a `rule` problem saying why it cannot be used)."""
         doc, why = _read_json(self.root / rel)
-        return doc, problem(rule, self.where(rel), why) if why else None
+        return doc, rule.problem(self.where(rel), why) if why else None
 
     def headers(self, rels: list[str]) -> list:
         return [read_header(self.root / rel) for rel in rels]
@@ -647,15 +691,15 @@ def _read_hub(repo_id: str, variant, torch_dtype, revision):
     from huggingface_hub import constants
 
     if constants.is_offline_mode() or _truthy(os.environ.get("HF_HUB_OFFLINE")):
-        return None, [problem("PLN408", repo_id, f"{repo_id} is no folder, and offline (HF_HUB_OFFLINE is set) "
-                              "its headers cannot be read from the hub")]
+        return None, [PLN408.problem(repo_id, f"{repo_id} is no folder, and offline (HF_HUB_OFFLINE is set) "
+                                     "its headers cannot be read from the hub")]
     hub = _Hub(repo_id, revision, os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
     failure = hub.list_files()
     if failure:
         return None, [failure]
     if "model_index.json" not in hub.files:
-        return None, [problem("PLN401", repo_id, f"{repo_id} has no model_index.json: not a diffusers pipeline "
-                              "repository", "name a pipeline repository, or a folder")]
+        return None, [PLN401.problem(repo_id, f"{repo_id} has no model_index.json: not a diffusers pipeline "
+                                     "repository", "name a pipeline repository, or a folder")]
     return _read_pipeline(hub, repo_id, variant, torch_dtype)
 
 
@@ -692,7 +736,7 @@ class _Hub:
         found = {f[len(prefix):] for f in self.files if f.startswith(prefix) and "/" not in f[len(prefix):]}
         return found or None
 
-    def json(self, rel: str, rule: str) -> tuple[object, Problem | None]:
+    def json(self, rel: str, rule: Rule) -> tuple[object, Problem | None]:
         """As `_Folder.json`, the file downloaded (and cached) by hf_hub_download; a download that fails is a
         hub problem (PLN408), not a `rule` one."""
         from huggingface_hub import hf_hub_download
@@ -702,7 +746,7 @@ class _Hub:
         except Exception as exc:  # noqa: BLE001 - see list_files
             return None, self._failure(exc, self.where(rel))
         doc, why = _read_json(Path(path))
-        return doc, problem(rule, self.where(rel), why) if why else None
+        return doc, rule.problem(self.where(rel), why) if why else None
 
     def headers(self, rels: list[str]) -> list:
         from concurrent.futures import ThreadPoolExecutor
@@ -717,31 +761,149 @@ class _Hub:
         try:
             meta = self.api.parse_safetensors_file_metadata(self.repo_id, rel, revision=self.revision)
         except SafetensorsParsingError as exc:
-            return (), problem("PLN404", where, f"not a valid safetensors header: {exc}")
+            return (), PLN404.problem(where, f"not a valid safetensors header: {exc}")
         except Exception as exc:  # noqa: BLE001 - see list_files
             return (), self._failure(exc, where)
         header = {name: {"dtype": t.dtype, "shape": t.shape, "data_offsets": list(t.data_offsets)}
                   for name, t in meta.tensors.items()}
         tensors, _, why = _entries({**header, "__metadata__": meta.metadata or {}})
-        return tensors, problem("PLN404", where, f"not a valid safetensors header: {why}") if why else None
+        return tensors, PLN404.problem(where, f"not a valid safetensors header: {why}") if why else None
 
     def _failure(self, exc: Exception, where: str) -> Problem:
         from huggingface_hub import errors
 
         if isinstance(exc, errors.GatedRepoError):
-            return problem("PLN408", where, f"{self.repo_id} is gated: accept its terms on the hub",
-                           "accept the terms on the model page, then log in: hf auth login")
+            return PLN408.problem(where, f"{self.repo_id} is gated: accept its terms on the hub",
+                                  "accept the terms on the model page, then log in: hf auth login")
         if isinstance(exc, errors.RepositoryNotFoundError):
-            return problem("PLN401", where, f"{self.repo_id} is neither a folder nor a model repository on "
-                           f"{self.endpoint} (or it is private)", "check the path or the id, or log in: hf auth login")
+            return PLN401.problem(where, f"{self.repo_id} is neither a folder nor a model repository on "
+                                  f"{self.endpoint} (or it is private)",
+                                  "check the path or the id, or log in: hf auth login")
         network = "check the network and HF_ENDPOINT, or download the model and name its folder"
         if isinstance(exc, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
-            return problem("PLN408", where, f"cannot reach {self.endpoint}: offline, or no network", network)
+            return PLN408.problem(where, f"cannot reach {self.endpoint}: offline, or no network", network)
         if isinstance(exc, errors.HfHubHTTPError):
             status = getattr(exc.response, "status_code", "?")
-            return problem("PLN408", where, f"{self.endpoint} answered HTTP {status} for {where}", network)
+            return PLN408.problem(where, f"{self.endpoint} answered HTTP {status} for {where}", network)
         detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
-        return problem("PLN408", where, f"cannot reach {self.endpoint}: {type(exc).__name__}: {detail}", network)
+        return PLN408.problem(where, f"cannot reach {self.endpoint}: {type(exc).__name__}: {detail}", network)
+
+
+# --- a plan against a pipeline read here --------------------------------------------------------------------------
+
+
+def check_plans(source: str | os.PathLike, plans: list[Plan]) -> tuple[list[ModelSizes], list[Problem]]:
+    """`planner validate --model`: the pipeline at `source` read once per variant the plans load (once as it is
+    when there is no plan), and each plan checked against it (`check_plan`). Returns the sizes (one per variant
+    and torch_dtype the plans ask for, in their order) and the problems: the folder's own, each once, then the
+    plans'. A variant that no component has is the plan's problem, located at its `pipeline.variant`."""
+    reads: dict[str | None, tuple[ModelSizes | None, list[Problem]]] = {}
+    tables: dict[tuple, ModelSizes] = {}
+    problems: list[Problem] = []
+    for plan in plans or [None]:
+        variant = plan.variant if plan is not None else None
+        if variant not in reads:
+            reads[variant] = read(source, variant=variant)
+        found, read_problems = reads[variant]
+        if found is None and plan is not None and any(p.rule == PLN407.id for p in read_problems):
+            problems.append(plan.problem("pipeline.variant", PLN407, f"no component of the model folder "
+                                         f"{os.fsdecode(source)} has files of the variant {variant!r}"))
+        if found is None:
+            continue
+        dtype = plan.torch_dtype if plan is not None else None
+        tables.setdefault((variant, dtype), replace(found, torch_dtype=dtype))
+        if plan is not None:
+            problems += check_plan(plan, found)
+    own = [p for _, found in reads.values() for p in found if p.rule != PLN407.id]
+    return list(tables.values()), list(dict.fromkeys(own)) + problems
+
+
+def check_plan(plan: Plan, model: ModelSizes) -> list[Problem]:
+    """The problems of `plan` against the pipeline `model` (from `read`), located at the plan's keys, under the
+    rules `planner apply` uses for the same mistakes once the weights are loaded:
+    - PLN304: `pipeline.class` is neither the folder's class nor one diffusers loads from the folder (a class
+      taking the same components, such as StableDiffusionImg2ImgPipeline from a StableDiffusionPipeline folder);
+    - PLN301: a name offloaded, excluded or hooked apart that is not a model of the folder (a tokenizer), or no
+      component at all. A component the class has and the folder leaves out is fine: it is None once loaded, and
+      skipped, as diffusers skips it. A model whose weights cannot be read is the folder's problem (`read`'s).
+    The index of diffusers pipelines answers which components a class takes; a class it lacks is not judged."""
+    found = []
+    mismatch = _class_mismatch(plan, model)
+    if mismatch:
+        found.append(mismatch)
+    declared = _declared(model.class_name if mismatch or not plan.pipeline_class else plan.pipeline_class)
+    said = _said_by_the_index(plan)
+    models = [*model.components, *model.unread, *model.absent]
+    for key, names in (("components", plan.sequence), ("exclude", sorted(plan.exclude)),
+                       ("own_hook", sorted(plan.own_hook))):
+        for name in names:
+            if name in models or name in said or (name not in model.others and (declared is None or
+                                                                               name in declared)):
+                continue  # a model of the folder, a component the class has and the folder leaves out, or PLN50x
+            found.append(_component_problem(plan, model, f"{key}.{name}", name))
+    return found
+
+
+def _said_by_the_index(plan: Plan) -> frozenset[str]:
+    """The plan's names that validate's check of its class against the index reports already: those the class
+    does not have (PLN503) or declares as no model (PLN504). The folder adds nothing to those."""
+    record = _record(plan.pipeline_class)
+    if record is None:
+        return frozenset()
+    return frozenset(name for name in (*plan.sequence, *plan.exclude, *plan.own_hook)
+                     if name not in record.components or record.components[name].model is False)
+
+
+def _class_mismatch(plan: Plan, model: ModelSizes) -> Problem | None:
+    wanted, held = plan.pipeline_class, model.class_name
+    if not wanted or wanted == held:
+        return None
+    ours, theirs = _declared(wanted), _declared(held)
+    if ours is None or theirs is None or ours == theirs:
+        return None  # the index cannot tell (apply checks the installed diffusers), or diffusers loads it from here
+    only = [f"only {cls} takes {', '.join(sorted(names))}" for cls, names in ((wanted, ours - theirs),
+                                                                             (held, theirs - ours)) if names]
+    return plan.problem("pipeline.class", PLN304, f"{wanted!r} does not match the model folder {model.source}, "
+                        f"which holds a {held} (its model_index.json): {'; '.join(only)}",
+                        f"write class: {held}, or leave class out to read it from model_index.json")
+
+
+def _component_problem(plan: Plan, model: ModelSizes, key: str, name: str) -> Problem:
+    if name in model.others:
+        return plan.problem(key, PLN301, f"{name} of the model folder {model.source} is a {model.others[name][1]}, "
+                            "not a model: only torch modules are offloaded", f"remove {name!r}")
+    models = [*model.components, *model.unread]
+    hint = difflib.get_close_matches(name, models, n=1)
+    return plan.problem(key, PLN301, f"the model folder {model.source} has no component {name!r} (its models: "
+                        f"{some(models) or 'none'})", did_you_mean(hint) if hint else "remove it from the plan")
+
+
+def _declared(class_name: str) -> frozenset[str] | None:
+    """The components the pipeline class `class_name` takes (the index's), or None when the index lacks it."""
+    record = _record(class_name)
+    return frozenset(record.components) if record is not None else None
+
+
+def _record(class_name: str | None) -> index.Pipeline | None:
+    """The index's record of a pipeline class, or None: no class, one the index lacks, or an index that cannot
+    be read (validate's own check of the class says so)."""
+    try:
+        return index.load().get(class_name) if class_name else None
+    except (OSError, ValueError):
+        return None
+
+
+def has_variant(folder: str | os.PathLike, variant: str) -> bool:
+    """Whether a component folder that the pipeline folder's model_index.json names holds files of `variant`:
+    the test `from_pretrained` makes before it refuses a variant ("no such modeling files are available"). True
+    when model_index.json cannot be read: `read` says what is wrong with it, and diffusers will too."""
+    root = Path(folder)
+    doc, why = _read_json(root / "model_index.json")
+    parsed, _ = (None, None) if why else _pipeline_index(doc, str(root))
+    if parsed is None:
+        return True
+    source = _Folder(root)
+    return any(_has_variant(source.listing(name) or (), variant) for name in parsed[1])
 
 
 # --- text --------------------------------------------------------------------------------------------------------
@@ -776,6 +938,8 @@ def render_text(sizes: ModelSizes) -> str:
                            for row in rows]
     if sizes.others:
         lines.append("without weights: " + ", ".join(f"{n} ({cls})" for n, (_, cls) in sizes.others.items()))
+    if sizes.unread:
+        lines.append("not read (see the problems): " + ", ".join(sizes.unread))
     if sizes.absent:
         lines.append("absent: " + ", ".join(sizes.absent))
     return "\n".join(lines) + "\n"

@@ -69,11 +69,12 @@ class Trace:
             self.resident.discard(component)
             self._record("offload", component, reason)
 
-    def offload_all(self, reasons: Mapping[str, str] | None = None) -> None:
-        """Offload everything resident, in component order; `reasons` labels some of them."""
+    def offload_all(self, reasons: Mapping[str, str] | None = None, only: set[str] | None = None) -> None:
+        """Offload everything resident (of `only`, when given), in component order; `reasons` labels some."""
         reasons = reasons or {}
         rank = {name: i for i, name in enumerate(self.sizes)}
-        for component in sorted(self.resident, key=lambda c: (rank.get(c, len(rank)), c)):
+        resident = self.resident if only is None else self.resident & only
+        for component in sorted(resident, key=lambda c: (rank.get(c, len(rank)), c)):
             self.offload(component, reasons.get(component))
 
     def begin(self, now: float) -> None:

@@ -73,11 +73,13 @@ class _Checked:
         device.check(ctx)
         self.names, self.edges = graph.components(ctx)
         self.excluded = graph.exclude(ctx, self.names)
+        self.own_hook = graph.own_hook(ctx, self.names, self.excluded)
+        self.pipes = graph.pipes(ctx, self.names)
         self.sequence = graph.sequence(ctx, self.names, self.edges)
 
     def against_index(self) -> None:
         if self.ctx is not None:
-            pipeline.check(self.ctx, self.names, self.excluded)
+            pipeline.check(self.ctx, self.names, self.excluded, self.own_hook, self.pipes)
 
     def problems(self) -> list[Problem]:
         found = self.doc.problems + (self.ctx.problems if self.ctx is not None else [])
@@ -93,14 +95,16 @@ class _Checked:
         for path, mark in doc.key_marks.items():
             if len(path) <= 2 and path[0] not in ctx.overridden:
                 locations[".".join(map(str, path))] = mark
-        for i, name in enumerate(data.get("exclude") or ()):
-            locations[f"exclude.{name}"] = doc.where(("exclude", i))
+        for key in ("exclude", "own_hook"):
+            for i, name in enumerate(data.get(key) or ()):
+                locations[f"{key}.{name}"] = doc.where((key, i))
         if isinstance(data["components"], list):
             for i, name in enumerate(data["components"]):
                 locations[f"components.{name}"] = doc.where(("components", i))
         return Plan(
             path=doc.path, version=data["version"], device=data["device"], gpu_id=data.get("gpu_id"),
             sequence=self.sequence, exclude=frozenset(data.get("exclude") or ()),
+            own_hook=frozenset(self.own_hook), pipes=self.pipes,
             edges=tuple(self.edges), policy=data.get("policy", "chain"),
             pipeline_class=pipe.get("class"), pipeline_source=pipe.get("source"),
             torch_dtype=pipe.get("torch_dtype"), variant=pipe.get("variant"), locations=locations,

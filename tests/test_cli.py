@@ -1,5 +1,6 @@
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -198,7 +199,8 @@ def test_gpu_id_out_of_range_goes_through_the_plan_rules(value, rule, capsys):
 @pytest.fixture
 def no_run(monkeypatch):
     """Fail the test if `apply` gets as far as running (loading, generating) or `tiny` as far as building."""
-    from planner.executor import generate, tiny
+    from planner import tiny
+    from planner.executor import generate
 
     def refuse(*args, **kwargs):
         raise AssertionError("the checks let a run start")
@@ -305,8 +307,8 @@ def test_tiny_folder_is_checked_before_any_work(folder, words, tmp_path, a_file,
 
 
 def test_tiny_unknown_kind_is_a_usage_error(tmp_path, no_run, capsys):
-    err = usage_error(capsys, "tiny", "flux", tmp_path / "x")
-    assert "invalid choice: 'flux'" in err and not (tmp_path / "x").exists()
+    err = usage_error(capsys, "tiny", "flux9", tmp_path / "x")
+    assert "invalid choice: 'flux9'" in err and not (tmp_path / "x").exists()
 
 
 def _fresh(code: str, *args, blocked=()) -> subprocess.CompletedProcess:
@@ -488,3 +490,306 @@ def test_the_request_knows_which_plan_keys_flags_set(requests, capsys):
     run(capsys, "apply", str(EXAMPLE), "--dry-run", "--source", "x/y", "--gpu-id", "0")
     run(capsys, "apply", str(EXAMPLE), "--dry-run")
     assert [r.overridden for r in requests] == [{"pipeline.source", "gpu_id"}, set()]
+
+
+def test_show_names_the_own_hooks_and_each_connected_chain(capsys):
+    code, out, _ = run(capsys, "show", str(GOOD / "controlnet-own-hook.yaml"))
+    assert code == 0 and out.splitlines()[0] == "text_encoder->unet->vae" and "own_hook: controlnet" in out
+    code, out, _ = run(capsys, "show", str(GOOD / "combined-class.yaml"))
+    assert code == 0
+    first = "prior_pipe(prior_text_encoder->prior_image_encoder->prior_prior) decoder_pipe(unet->movq)"
+    assert out.splitlines()[0] == first
+
+
+# -- planner inspect: a model folder's sizes from its safetensors headers --------------------------------------
+SMALL = [("conv.weight", "F32", (4, 3, 3, 3)), ("conv.bias", "F32", (4,)), ("down_blocks.0.w", "F16", (8, 4))]
+SD_MODELS = {"text_encoder": ("transformers", "CLIPTextModel"), "unet": ("diffusers", "UNet2DConditionModel"),
+             "vae": ("diffusers", "AutoencoderKL")}
+SD_OTHERS = {"safety_checker": (None, None), "tokenizer": ("transformers", "CLIPTokenizer"),
+             "scheduler": ("diffusers", "PNDMScheduler")}
+
+
+def small_sd(root: Path) -> Path:
+    """A StableDiffusionPipeline folder of small real safetensors files (no torch needed): three models, a
+    tokenizer and a scheduler (configs only), no safety checker."""
+    import headers
+
+    headers.write_index(root, "StableDiffusionPipeline", {**SD_MODELS, **SD_OTHERS})
+    for name, (library, _) in SD_MODELS.items():
+        headers.write_file(root / name / f"{'model' if library == 'transformers' else 'diffusion_pytorch_model'}"
+                                         ".safetensors", SMALL)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sdxl_headers(tmp_path_factory):
+    import headers
+
+    return headers.sdxl(tmp_path_factory.mktemp("inspect") / "sdxl")
+
+
+def test_inspect_prints_each_model_with_its_sizes_and_blocks(sdxl_headers, capsys):
+    code, out, err = run(capsys, "inspect", str(sdxl_headers), "--variant", "fp16", "--dtype", "float16")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"StableDiffusionXLPipeline  {sdxl_headers}  variant fp16"
+    assert lines[5].split() == ["unet", "UNet2DConditionModel", "4.78", "GiB", "F16", "4.78", "GiB", "7", "2.25",
+                                "GiB"]
+    assert lines[7].split() == ["total", "6.46", "GiB", "6.46", "GiB"]
+    code, out, _ = run(capsys, "inspect", str(sdxl_headers), "--dtype", "float16")  # the float32 files, halved
+    assert code == 0 and out.splitlines()[7].split() == ["total", "12.92", "GiB", "6.46", "GiB"]
+
+
+def test_inspect_json_has_the_shape_the_issue_gives(sdxl_headers, capsys):
+    code, out, _ = run(capsys, "inspect", str(sdxl_headers), "--variant", "fp16", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["class"] == "StableDiffusionXLPipeline" and doc["problems"] == []
+    unet = doc["components"]["unet"]
+    assert (unet["class"], unet["bytes"], unet["dtype"]) == ("UNet2DConditionModel", 5_134_927_368, "F16")
+    assert unet["bytes_at_dtype"] == 2 * unet["bytes"]  # no --dtype: diffusers loads its models in float32
+    assert list(unet["blocks"])[:3] == ["down_blocks.0", "down_blocks.1", "down_blocks.2"]
+    for comp in doc["components"].values():
+        assert sum(comp["blocks"].values()) == comp["bytes_at_dtype"]
+
+
+def _damaged(kind: str, root: Path) -> tuple[Path, str, str]:
+    """A damaged source of `kind`: (path to inspect, the path the problem names, its rule and words)."""
+    if kind == "missing":
+        return root / "nowhere", str(root / "nowhere"), "PLN401 " + f"{root / 'nowhere'} does not exist"
+    if kind == "a file":
+        (root / "file").write_text("x")
+        return root / "file", str(root / "file"), "PLN401 " + f"{root / 'file'} is a file, not a folder"
+    if kind == "no model_index.json":
+        (root / "empty").mkdir()
+        return root / "empty", str(root / "empty"), "PLN401 " + f"{root / 'empty'} is not a diffusers pipeline folder"
+    folder = small_sd(root / "p")
+    if kind == "model_index.json not JSON":
+        (folder / "model_index.json").write_text("{")
+        return folder, str(folder / "model_index.json"), "PLN402 model_index.json is not valid JSON"
+    if kind == "no weights":
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+        return folder, str(folder / "unet"), "PLN403 unet has no weights: none of"
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    if kind == "header not JSON":
+        weights.write_bytes(struct.pack("<Q", 8) + b"not json" + b"\0" * 16)
+        return folder, str(weights), "PLN404 not a valid safetensors header: not a JSON object"
+    size = weights.stat().st_size
+    os.truncate(weights, size - 100)
+    return folder, str(weights), f"PLN405 truncated: 100 bytes missing (the header declares {size:,} bytes"
+
+
+DAMAGED = ["missing", "a file", "no model_index.json", "model_index.json not JSON", "no weights", "header not JSON",
+           "truncated"]
+
+
+@pytest.mark.parametrize("kind", DAMAGED)
+def test_inspect_a_damaged_source_is_a_located_rule_tagged_error(kind, tmp_path, capsys):
+    source, where, words = _damaged(kind, tmp_path)
+    code, out, err = run(capsys, "inspect", str(source))
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith(f"{where}: {words}"), err
+    assert "Traceback" not in out + err
+    if kind in ("no weights", "header not JSON", "truncated"):  # the other models are still sized
+        assert "not read (see the problems): " in out and "text_encoder  CLIPTextModel" in out
+    code, out, _ = run(capsys, "inspect", str(source), "--format", "json")
+    problems = json.loads(out)["problems"]
+    assert code == 1 and [(p["path"], p["rule"]) for p in problems] == [(where, words[:6])]
+
+
+def test_inspect_imports_no_torch_and_costs_what_reading_headers_costs(tmp_path):
+    folder = small_sd(tmp_path / "p")
+    source, _, _ = _damaged("truncated", tmp_path / "t")
+    for argv, status in (([folder], 0), ([folder, "--format", "json"], 0), ([source], 1), (["org/name"], 1)):
+        proc = _fresh(TIMED, "inspect", *argv)
+        assert proc.returncode == status, (argv, proc.stderr)
+        assert "HEAVY []" in proc.stdout and "Traceback" not in proc.stderr, (argv, proc.stdout, proc.stderr)
+        assert float(proc.stdout.split("SECONDS ")[1].split()[0]) < 1.0, argv
+
+
+def test_inspect_a_hub_id_offline_or_unreachable_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    for extra, words in (({"HF_HUB_OFFLINE": "1"}, "org/name: PLN408 org/name is no folder, and offline"),
+                         ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "org/name: PLN408 cannot reach http://127.0.0.1:9")):
+        proc = subprocess.run(PLANNER + ["inspect", "org/name"], capture_output=True, text=True, cwd=tmp_path,
+                              env={**env, "HF_HOME": str(tmp_path / "hf"), **extra})
+        assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(words), proc.stderr
+
+
+def test_inspect_a_hub_id_reads_the_headers_from_the_hub_stand_in(tmp_path, monkeypatch, capsys):
+    import headers
+    from huggingface_hub import constants
+
+    folder = small_sd(tmp_path / "p")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with headers.HubServer({"org/sd": folder}) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        code, out, err = run(capsys, "inspect", "org/sd", "--format", "json", "--dtype", "bfloat16")
+    assert (code, err) == (0, "")
+    remote = json.loads(out)
+    _, out, _ = run(capsys, "inspect", str(folder), "--format", "json", "--dtype", "bfloat16")
+    local = json.loads(out)
+    assert remote["source"] == "org/sd" and {**remote, "source": None} == {**local, "source": None}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--dtype", "half"], "argument --dtype: invalid choice: 'half'"),
+    (["--variant", ""], "--variant: an empty name"),
+])
+def test_inspect_bad_flags_are_usage_errors(argv, words, tmp_path, capsys):
+    err = usage_error(capsys, "inspect", small_sd(tmp_path / "p"), *argv)
+    assert words in err
+    assert "an empty name" in usage_error(capsys, "inspect", "")
+
+
+def test_inspect_help_shows_the_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    out = capsys.readouterr().out
+    assert "--dtype {float16,bfloat16,float32,float64}" in out and "exit status:" in out
+
+
+def test_inspect_and_validate_model_into_a_closed_pipe_exit_quietly(tmp_path):
+    folder = small_sd(tmp_path / "p")
+    for argv in (["inspect", str(folder)], ["validate", "--model", str(folder), str(EXAMPLE)]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            proc = subprocess.run(PLANNER + argv, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        finally:
+            os.close(write)
+        assert (proc.returncode, proc.stderr) == (141, ""), argv
+    proc = subprocess.run(["bash", "-c", " ".join(PLANNER) + f" inspect {folder} | head -1"], capture_output=True,
+                          text=True)
+    assert proc.stdout == f"StableDiffusionPipeline  {folder}\n" and proc.stderr == ""
+
+
+# -- planner validate --model: plans against a model folder ----------------------------------------------------
+def test_validate_model_prints_the_sizes_and_checks_each_plan_against_the_folder(tmp_path, capsys):
+    folder = small_sd(tmp_path / "p")
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("version: 1\npipeline: {class: StableDiffusionImg2ImgPipeline}\ndevice: cuda\n"
+                    "components: [text_encoder, unet, vae]\nexclude: [safety_checker]\n")
+    bad.write_text("version: 1\npipeline:\n  class: StableDiffusionXLPipeline\ndevice: cuda\n"
+                   "components: [text_encoder, text_encoder_2, unet, vae]\n")
+    code, out, _ = run(capsys, "validate", "--model", str(folder), str(good))
+    assert code == 0 and out.startswith(f"StableDiffusionPipeline  {folder}\n") and out.endswith("1 plan valid\n")
+    code, out, _ = run(capsys, "validate", "--model", str(folder), str(good), str(bad))
+    assert code == 1 and out.startswith(f"StableDiffusionPipeline  {folder}\n")
+    problems = [line for line in out.splitlines() if ": PLN" in line]
+    assert [line.split(" ")[:2] for line in problems] == [[f"{bad}:3:3:", "PLN304"], [f"{bad}:5:28:", "PLN301"]]
+    assert "which holds a StableDiffusionPipeline (its model_index.json)" in problems[0]
+    assert "has no component 'text_encoder_2' (its models: text_encoder, unet, vae)" in problems[1]
+    assert out.endswith("2 problems in 1 of 2 files\n")
+
+
+@pytest.mark.parametrize("kind", DAMAGED)
+def test_validate_model_a_damaged_folder_is_located_rule_tagged_errors(kind, tmp_path, capsys):
+    source, where, words = _damaged(kind, tmp_path)
+    code, out, err = run(capsys, "validate", "--model", str(source), str(EXAMPLE))
+    assert code == 1 and f"{where}: {words}" in out and "Traceback" not in out + err
+    code, out, _ = run(capsys, "validate", "--model", str(source), "--format", "json", str(EXAMPLE))
+    doc = json.loads(out)
+    assert code == 1 and [(p["path"], p["rule"]) for p in doc["problems"]] == [(where, words[:6])]
+    if kind in ("no weights", "header not JSON", "truncated"):
+        assert len(doc["sizes"]) == 1 and len(doc["sizes"][0]["unread"]) == 1
+    else:
+        assert "sizes" not in doc  # nothing could be read
+
+
+def test_validate_model_in_the_ci_formats_lists_the_problems_only(tmp_path, capsys):
+    source, where, _ = _damaged("truncated", tmp_path)
+    outputs = {}
+    for fmt in ("sarif", "github", "junit"):
+        code, outputs[fmt], _ = run(capsys, "validate", "--model", str(source), "--format", fmt, str(EXAMPLE))
+        assert code == 1 and "UNet2DConditionModel" not in outputs[fmt]
+    results = json.loads(outputs["sarif"])["runs"][0]["results"]
+    assert [r["ruleId"] for r in results] == ["PLN405"]
+    assert outputs["github"].startswith(f"::error file={where},title=PLN405::PLN405 truncated")
+    suite = ET.fromstring(outputs["junit"].split("?>", 1)[1])
+    assert suite.get("failures") == "1"
+
+
+def test_validate_model_a_variant_the_folder_lacks_is_located_at_the_plan(tmp_path, capsys):
+    folder = small_sd(tmp_path / "p")
+    plan = tmp_path / "half.yaml"
+    plan.write_text("version: 1\npipeline:\n  variant: fp16\ndevice: cuda\ncomponents: [text_encoder, unet, vae]\n")
+    code, out, _ = run(capsys, "validate", "--model", str(folder), str(plan))
+    assert code == 1 and f"{plan}:3:3: PLN407 no component of the model folder {folder} has files of the variant " \
+        "'fp16'" in out
+
+
+def test_validate_model_imports_no_torch(tmp_path):
+    source, _, _ = _damaged("truncated", tmp_path)
+    proc = _fresh(TIMED, "validate", "--model", source, EXAMPLE, GOOD / "sdxl-with-class.yaml")
+    assert proc.returncode == 1 and "HEAVY []" in proc.stdout and "PLN405" in proc.stdout, proc.stderr
+
+
+# -- planner apply --dtype / --variant -------------------------------------------------------------------------
+def test_apply_dtype_and_variant_go_through_the_plan_rules_before_torch(tmp_path):
+    folder = small_sd(tmp_path / "p")
+    in_plan = tmp_path / "half.yaml"
+    in_plan.write_text(f"version: 1\npipeline:\n  source: {folder}\n  variant: fp16\ndevice: cuda\n"
+                       "components: [text_encoder, unet, vae]\n")
+    cases = [
+        ([EXAMPLE, "--dtype", "half"], "--dtype: PLN104 pipeline.torch_dtype 'half' is not allowed"),
+        ([EXAMPLE, "--variant", ""], "--variant: PLN104 pipeline.variant '' is not allowed"),
+        ([EXAMPLE, "--source", folder, "--variant", "fp16"],
+         f"--variant: PLN407 no component of '{folder}' has files of the variant 'fp16'"),
+        ([in_plan], f"{in_plan}:4:3: PLN407 no component of '{folder}' has files of the variant 'fp16'"),
+    ]
+    for argv, words in cases:
+        proc = _fresh(TIMED, "apply", *argv, "--dry-run")
+        assert proc.returncode == 1 and words in proc.stderr, (argv, proc.stderr)
+        assert "HEAVY []" in proc.stdout and "Traceback" not in proc.stderr, (argv, proc.stdout)
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """The (plan, request) pairs apply passes to the executor (which is not run)."""
+    from planner.executor import generate
+
+    seen = []
+    monkeypatch.setattr(generate, "run", lambda plan, request: seen.append((plan, request)) or "")
+    return seen
+
+
+def test_apply_dtype_and_variant_override_the_plan_and_the_request_knows(runs, tmp_path, capsys):
+    plan = tmp_path / "p.yaml"
+    plan.write_text("version: 1\npipeline: {torch_dtype: float32, variant: fp16}\ndevice: cuda\ncomponents: [unet]\n")
+    run(capsys, "apply", str(plan), "--dry-run", "--dtype", "bfloat16", "--variant", "bf16")
+    run(capsys, "apply", str(plan), "--dry-run")
+    run(capsys, "apply", str(EXAMPLE), "--dry-run", "--dtype", "float16")
+    assert [(p.torch_dtype, p.variant) for p, _ in runs] == [("bfloat16", "bf16"), ("float32", "fp16"),
+                                                               ("float16", None)]
+    assert [r.overridden for _, r in runs] == [{"pipeline.torch_dtype", "pipeline.variant"}, set(),
+                                               {"pipeline.torch_dtype"}]
+
+
+def test_apply_loads_the_variant_at_the_dtype_and_says_so(tiny_pipelines, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from diffusers import DiffusionPipeline
+
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_pipelines["sd"], folder)
+    DiffusionPipeline.from_pretrained(folder).to(torch.float16).save_pretrained(folder, variant="fp16")
+    for weights in folder.glob("*/*.safetensors"):
+        if ".fp16." not in weights.name:
+            os.truncate(weights, 100)  # only the variant can load now
+    code, out, err = run(capsys, "apply", str(EXAMPLE), "--source", str(folder), "--dry-run", "--steps", "1",
+                         "--variant", "fp16", "--dtype", "float16", "--trace-json", str(tmp_path / "t.json"))
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("text_encoder->unet->vae on cuda:0, torch_dtype float16, variant fp16 (dry "
+                                        "run: hooks executed on the CPU; figures are what the device would have "
+                                        "received)")
+    moved = json.loads((tmp_path / "t.json").read_text())["components"]
+    main(["inspect", str(folder), "--variant", "fp16", "--dtype", "float16", "--format", "json"])
+    inspected = json.loads(capsys.readouterr().out)["components"]
+    position_ids = 8 * 77  # CLIP's non-persistent buffer: moved with the model, in no weights file
+    assert moved == {"text_encoder": inspected["text_encoder"]["bytes_at_dtype"] + position_ids,
+                     "unet": inspected["unet"]["bytes_at_dtype"], "vae": inspected["vae"]["bytes_at_dtype"]}
+    code, _, err = run(capsys, "apply", str(EXAMPLE), "--source", str(folder), "--dry-run", "--steps", "1")
+    assert code == 1 and "PLN304 cannot load the pipeline" in err  # without the variant: the damaged files

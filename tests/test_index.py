@@ -7,6 +7,7 @@ import sys
 import types
 
 import pytest
+from stubs import bare_pipeline, combined_pipeline, stub_type
 
 import planner.index as index
 from planner.index import Chain, generate
@@ -307,40 +308,6 @@ def test_dummy_pipelines_are_skipped_with_the_missing_backend_never_raised(tmp_p
 # -------------------------------------------------- what diffusers really hooks, for every class with a chain
 
 
-def _stub_type():
-    import torch
-
-    class Stub(torch.nn.Linear):
-        """The smallest module diffusers' `to` and accelerate's hooks accept in place of a model."""
-
-        def __init__(self):
-            super().__init__(1, 1)
-
-        @property
-        def dtype(self):
-            return self.weight.dtype
-
-    return Stub
-
-
-def _bare_pipeline(cls, modules: dict):
-    """An instance of `cls` holding `modules`, built without its `__init__` (which reads real configs)."""
-    expected, _ = cls._get_signature_keys(cls)
-    pipe = cls.__new__(cls)
-    pipe.register_modules(**{name: modules.get(name) for name in expected})
-    return pipe
-
-
-def _combined_pipeline(cls, modules: dict, base, monkeypatch):
-    """`cls.__init__` run for real on `modules`, with each connected pipeline's class replaced by one that builds
-    it bare from the keyword arguments `__init__` passes: the mapping comes from diffusers, not from the index."""
-    scope = sys.modules[cls.__module__]
-    for attr, value in vars(scope).items():
-        if isinstance(value, type) and issubclass(value, base) and value not in (base, cls):
-            monkeypatch.setattr(scope, attr, lambda _sub=value, **kwargs: _bare_pipeline(_sub, kwargs))
-    return cls(**modules)
-
-
 def _expected_alone(record, chain) -> set[str]:
     """The models diffusers hooks one by one beside `chain`: its pipeline's models neither chained nor excluded."""
     owned = record.components if chain.pipe is None else _part(record, chain.pipe).components.values()
@@ -373,12 +340,12 @@ def test_the_index_says_what_enable_model_cpu_offload_hooks(name, monkeypatch):
     diffusers = pytest.importorskip("diffusers")
     record = index.get(name)
     cls = getattr(diffusers, name)
-    stub = _stub_type()
+    stub = stub_type()
     modules = {n: stub() if c.model is not False else None for n, c in record.components.items()}
     if record.combined:
-        pipe = _combined_pipeline(cls, modules, diffusers.DiffusionPipeline, monkeypatch)
+        pipe = combined_pipeline(cls, modules, diffusers.DiffusionPipeline, monkeypatch)
     else:
-        pipe = _bare_pipeline(cls, modules)
+        pipe = bare_pipeline(cls, modules)
     pipe.enable_model_cpu_offload(device="cpu")
     for chain in record.chains:
         owner = pipe if chain.pipe is None else getattr(pipe, chain.pipe)

@@ -1,6 +1,7 @@
 """The plans library (`plans/*.yaml`, not the examples): every plan is clean, resolves to its diffusers class's own
 offload sequence and exclusions (from the shipped index), is written as a DAG, and accounts for every model of its
-class. A model a plan deliberately leaves out is named in a `# left out: NAME (why)` comment line."""
+class: a model left to a hook of its own (the ControlNet classes' `controlnet`) is in `own_hook`, with a comment
+saying why."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ import yaml
 
 import planner
 from planner import index
-from planner.rules import PLN505
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = sorted((ROOT / "plans").glob("*.yaml"))
 MODELINE = "# yaml-language-server: $schema=../schemas/plan.schema.json"
 DENOISERS = frozenset({"unet", "transformer", "transformer_2"})
 DECODERS = frozenset({"vae", "movq"})
-LEFT_OUT = re.compile(r"^# left out: ([A-Za-z_][A-Za-z0-9_]*) \(", re.MULTILINE)
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 plans = pytest.mark.parametrize("path", LIBRARY, ids=[p.stem for p in LIBRARY])
@@ -27,10 +26,6 @@ plans = pytest.mark.parametrize("path", LIBRARY, ids=[p.stem for p in LIBRARY])
 
 def _raw(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _left_out(path: Path) -> tuple[str, ...]:
-    return tuple(LEFT_OUT.findall(path.read_text(encoding="utf-8")))
 
 
 def _record(path: Path) -> index.Pipeline:
@@ -58,18 +53,8 @@ def test_each_model_has_one_plan():
 
 
 @plans
-def test_plan_is_clean_but_for_the_own_hook_warning_of_a_model_it_leaves_out(path):
-    """No error and no warning; the one warning allowed is PLN505 for a model the plan's comments leave out (the
-    ControlNet classes' own sequences omit `controlnet`, and the plan keeps diffusers' sequence)."""
-    left_out = _left_out(path)
-    problems = planner.check(path)
-    assert [str(p) for p in problems if not _expected(p, left_out)] == []
-
-
-def _expected(problem, left_out: tuple[str, ...]) -> bool:
-    """The own-hook warning (PLN505) about a model the plan's comments leave out."""
-    return (problem.rule == PLN505.id and problem.severity == "warning"
-            and any(_names(problem.message, name) for name in left_out))
+def test_plan_is_clean_without_a_warning(path):
+    assert [str(p) for p in planner.check(path)] == []
 
 
 @plans
@@ -106,18 +91,18 @@ def test_plan_is_a_dag_whose_denoisers_follow_their_encoders_and_whose_decoder_f
 
 
 @plans
-def test_every_model_of_the_class_is_planned_excluded_or_left_out_in_a_comment(path):
+def test_every_model_of_the_class_is_planned_excluded_or_given_its_own_hook_with_a_reason(path):
     """A model left to diffusers' own-hook fallback (loaded at first use, kept until the call ends) is a choice
-    the plan states in a `# left out: NAME (why)` line; components whose kind the index cannot tell count too."""
+    the plan states in `own_hook`, with a comment line naming it; components whose kind the index cannot tell
+    count too."""
     record = _record(path)
     plan = planner.load_plan(path)
-    left_out = _left_out(path)
     models = set(record.models) | set(record.undetermined)
-    accounted = set(plan.sequence) | plan.exclude | set(left_out)
+    accounted = set(plan.sequence) | plan.exclude | plan.own_hook
     assert sorted(models - accounted) == []
-    for name in left_out:  # a comment that no longer says the truth fails too
-        assert name in models, f"left out {name!r} is not a model of {record.name}"
-        assert name not in plan.sequence and name not in plan.exclude, f"{name!r} is left out and planned"
+    text = path.read_text(encoding="utf-8")
+    for name in plan.own_hook:
+        assert re.search(rf"^# {name}: own_hook \(", text, re.MULTILINE), f"{path.name}: say why {name} is own_hook"
 
 
 def test_readme_table_lists_every_plan_with_its_class_and_sequence():

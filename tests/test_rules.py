@@ -31,6 +31,7 @@ PROVEN_ELSEWHERE = {
     "PLN303": "tests/test_generate.py::test_no_accelerator_without_dry_run",
     "PLN304": "tests/test_generate.py::test_missing_folder_is_one_line",
     "PLN305": "tests/test_generate.py::test_failing_call_is_one_line",
+    "PLN306": "tests/test_scaffold.py::test_a_plan_without_pipes_on_a_connected_pipeline_is_refused_unchanged",
     "PLN401": "tests/test_sizes.py::test_a_folder_that_is_not_a_pipeline_is_pln401",
     "PLN402": "tests/test_sizes.py::test_a_model_index_that_is_not_a_pipeline_index_is_pln402",
     "PLN403": "tests/test_sizes.py::test_a_component_without_weights_is_pln403",

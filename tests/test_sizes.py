@@ -249,11 +249,12 @@ def test_a_component_without_the_variant_falls_back_to_its_plain_files(tmp_path)
 def test_a_variant_no_component_has_is_refused_as_diffusers_refuses_it(tiny_pipelines):
     from diffusers import DiffusionPipeline
 
-    found, problems = sizes.read(tiny_pipelines["sd"], variant="fp16")
+    found, problems = sizes.read(tiny_pipelines["sd"], variant="bf16")
     assert found is None
-    assert "variant 'fp16'" in only(problems, "PLN407").message
-    with pytest.raises(ValueError, match="variant=fp16"):
-        DiffusionPipeline.from_pretrained(tiny_pipelines["sd"], variant="fp16")
+    assert "variant 'bf16'" in only(problems, "PLN407").message
+    assert not sizes.has_variant(tiny_pipelines["sd"], "bf16")
+    with pytest.raises(ValueError, match="variant=bf16"):
+        DiffusionPipeline.from_pretrained(tiny_pipelines["sd"], variant="bf16")
 
 
 def test_sharded_variant_and_legacy_index_names_are_read(tmp_path):
@@ -569,3 +570,186 @@ def test_the_module_imports_nothing_heavy_and_reads_without_it(tiny_pipelines):
 def test_every_rule_has_its_fix():
     assert sorted(sizes.RULES) == [f"PLN40{i}" for i in range(1, 9)]
     assert all(what and fix for what, fix in sizes.RULES.values())
+
+
+# --- a plan against a model folder (planner validate --model) ---------------------------------------------------
+
+
+def plan_at(path: Path, text: str):
+    """The `Plan` of the plan file `text` written at `path`."""
+    from planner.validate import load_plan
+
+    path.write_text(text)
+    return load_plan(path)
+
+
+SD_MODELS = dict(vae=VAE, text_encoder=TEXT, unet=("diffusers", "UNet2DConditionModel"))
+SD_OTHERS = dict(safety_checker=(None, None), tokenizer=("transformers", "CLIPTokenizer"),
+                 scheduler=("diffusers", "PNDMScheduler"))
+
+
+def sd_folder(root: Path) -> Path:
+    """A StableDiffusionPipeline folder: three models holding SMALL, a tokenizer and a scheduler (configs only),
+    no safety checker ([null, null])."""
+    small_pipeline(root, **SD_MODELS)
+    headers.write_index(root, "StableDiffusionPipeline", {**SD_MODELS, **SD_OTHERS})
+    return root
+
+
+def test_a_plan_that_fits_the_folder_has_no_problem(tmp_path):
+    model = sizes.read(sd_folder(tmp_path / "p"))[0]
+    plan = plan_at(tmp_path / "a.yaml", "version: 1\npipeline: {class: StableDiffusionPipeline}\ndevice: cuda\n"
+                   "components: [text_encoder, unet, vae]\nexclude: [safety_checker, image_encoder]\n")
+    # safety_checker is [null, null] and image_encoder not in model_index.json: None once loaded, skipped
+    assert sizes.check_plan(plan, model) == []
+    # a class diffusers loads from this folder (the same components) is no mismatch
+    img2img = plan_at(tmp_path / "b.yaml", "version: 1\npipeline: {class: StableDiffusionImg2ImgPipeline}\n"
+                      "device: cuda\ncomponents: [text_encoder, unet, vae]\n")
+    assert sizes.check_plan(img2img, model) == []
+
+
+def test_a_component_the_folder_lacks_or_holds_as_no_model_is_pln301_at_its_place(tmp_path):
+    model = sizes.read(sd_folder(tmp_path / "p"))[0]
+    plan = plan_at(tmp_path / "a.yaml", "version: 1\ndevice: cuda\ncomponents: [text_encoder, unett, vae]\n"
+                   "exclude: [tokenizer, image_encoder]\n")
+    found = sizes.check_plan(plan, model)
+    assert [(p.rule, p.line, p.column) for p in found] == [("PLN301", 3, 28), ("PLN301", 4, 11)]
+    assert found[0].message == (f"the model folder {tmp_path / 'p'} has no component 'unett' (its models: vae, "
+                                "text_encoder, unet)")
+    assert found[0].fix == "did you mean 'unet'?"
+    assert found[1].message.startswith("tokenizer of the model folder") and "is a CLIPTokenizer, not a model" in \
+        found[1].message
+    # no class in the plan: the folder's class says which components a pipeline has (image_encoder: None)
+
+
+def test_a_class_the_folder_does_not_hold_is_pln304_at_pipeline_class(tmp_path):
+    model = sizes.read(sd_folder(tmp_path / "p"))[0]
+    plan = plan_at(tmp_path / "a.yaml", "version: 1\npipeline:\n  class: StableDiffusionXLPipeline\ndevice: cuda\n"
+                   "components: [text_encoder, text_encoder_2, unet, vae]\nexclude: [tokenizer]\n")
+    found = sizes.check_plan(plan, model)
+    assert [(p.rule, p.line, p.column) for p in found] == [("PLN304", 3, 3), ("PLN301", 5, 28)]
+    assert "only StableDiffusionXLPipeline takes text_encoder_2, tokenizer_2; only StableDiffusionPipeline takes " \
+           "safety_checker" in found[0].message
+    assert found[0].fix == "write class: StableDiffusionPipeline, or leave class out to read it from model_index.json"
+    assert "has no component 'text_encoder_2'" in found[1].message  # the folder has none, whatever the class
+    # `tokenizer` is the index's PLN504 (validate's check of the class says it): not said twice
+
+
+def test_a_class_the_index_lacks_is_not_judged(tmp_path):
+    root = small_pipeline(tmp_path / "p", vae=VAE)
+    index = json.loads((root / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "_class_name": ["pipeline.py", "MyPipeline"]}))
+    plan = plan_at(tmp_path / "a.yaml", "version: 1\npipeline: {class: StableDiffusionPipeline}\ndevice: cuda\n"
+                   "components: [vae]\n")
+    model = sizes.read(root)[0]
+    assert model.class_name == "MyPipeline" and sizes.check_plan(plan, model) == []
+
+
+def test_check_plans_reads_once_per_variant_and_reports_the_folder_once(tmp_path):
+    root = sd_folder(tmp_path / "p")
+    headers.write_file(root / "unet" / "diffusion_pytorch_model.fp16.safetensors", SMALL[:2])
+    os.truncate(root / "vae" / "diffusion_pytorch_model.safetensors", 10)
+    plain = plan_at(tmp_path / "a.yaml", "version: 1\ndevice: cuda\ncomponents: [text_encoder, unet, vae]\n")
+    half = plan_at(tmp_path / "b.yaml", "version: 1\npipeline: {variant: fp16, torch_dtype: float16}\n"
+                   "device: cuda\ncomponents: [text_encoder, unet, vae]\n")
+    missing = plan_at(tmp_path / "c.yaml", "version: 1\npipeline:\n  variant: int8\ndevice: cuda\n"
+                      "components: [unet]\n")
+    tables, problems = sizes.check_plans(root, [plain, half, plain, missing])
+    assert [(t.variant, t.torch_dtype) for t in tables] == [(None, None), ("fp16", "float16")]
+    assert tables[1].components["unet"].bytes == 448 and tables[1].components["unet"].variant == "fp16"
+    assert tables[1].unread == ("vae",) and "not read (see the problems): vae" in sizes.render_text(tables[1])
+    assert [(p.path, p.rule, p.line) for p in problems] == [
+        (str(root / "vae" / "diffusion_pytorch_model.safetensors"), "PLN405", 0),  # once, though read twice
+        (str(tmp_path / "c.yaml"), "PLN407", 3)]
+    assert problems[1].message == f"no component of the model folder {root} has files of the variant 'int8'"
+    # no plan at all: the folder is still read and checked
+    tables, problems = sizes.check_plans(root, [])
+    assert len(tables) == 1 and [p.rule for p in problems] == ["PLN405"]
+
+
+def test_has_variant_is_the_test_from_pretrained_makes(tmp_path):
+    root = small_pipeline(tmp_path / "p", vae=VAE)
+    assert not sizes.has_variant(root, "fp16")
+    headers.write_file(root / "vae" / "diffusion_pytorch_model.fp16.safetensors", SMALL)
+    assert sizes.has_variant(root, "fp16") and sizes.has_variant(root, "fp") and not sizes.has_variant(root, "bf16")
+    (root / "elsewhere").mkdir()
+    headers.write_file(root / "elsewhere" / "model.bf16.safetensors", SMALL)  # no component of model_index.json
+    assert not sizes.has_variant(root, "bf16")
+    (root / "model_index.json").write_text("{")
+    assert sizes.has_variant(root, "bf16")  # unreadable: read() and diffusers say what is wrong
+
+
+def test_an_empty_source_never_reads_the_working_folder(monkeypatch, tiny_pipelines):
+    monkeypatch.chdir(tiny_pipelines["sd"])  # a pipeline folder: Path("") would read it
+    for source in ("", "  "):
+        found, problems = sizes.read(source)
+        assert found is None and "names no folder" in only(problems, "PLN401").message
+
+
+# --- the executor's trace: what moves is the weights plus the non-persistent buffers -----------------------------
+
+
+def nonpersistent_bytes(module) -> int:
+    """Bytes of the buffers a module builds for itself and does not save (`persistent=False`)."""
+    saved = {id(t) for t in module.state_dict(keep_vars=True).values()}
+    return sum(b.numel() * b.element_size() for b in module.buffers() if id(b) not in saved)
+
+
+def tiny_kinds() -> list[str]:
+    from planner import tiny
+
+    return list(tiny.KINDS)
+
+
+@pytest.mark.parametrize("as_planned", [True, False], ids=["as-its-plans-load-it", "no-dtype-no-variant"])
+@pytest.mark.parametrize("kind", tiny_kinds())
+def test_inspect_equals_the_executor_trace_for_every_tiny_pipeline(kind, as_planned, tiny_builds, tmp_path, capsys):
+    """`planner inspect` reports the weights (parameters and persistent buffers); the executor's trace measures
+    what moves, which adds the non-persistent buffers: exactly those, for every tiny build, loaded as its library
+    plans load it (`planner apply --dtype --variant`) and as from_pretrained loads it given nothing."""
+    from planner import tiny
+    from planner.cli import main
+    from planner.executor import applied, generate
+    from planner.validate import load_plan
+
+    spec = tiny.KINDS[kind]
+    try:
+        folder = tiny_builds[kind]
+    except tiny.Unavailable as exc:  # the dependency floors' diffusers predates the family
+        pytest.skip(str(exc))
+    dtype, variant = (spec.torch_dtype, spec.variant) if as_planned else (None, None)
+    flags = [*(["--dtype", dtype] if dtype else []), *(["--variant", variant] if variant else [])]
+    assert main(["inspect", str(folder), "--format", "json", *flags]) == 0
+    inspected = json.loads(capsys.readouterr().out)["components"]
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"version: 1\npipeline: {{source: {folder}}}\ndevice: cuda\ncomponents: [{', '.join(inspected)}]\n")
+    overrides = {f"pipeline.{key}": value for key, value in (("torch_dtype", dtype), ("variant", variant)) if value}
+    plan = load_plan(path, overrides)
+    pipe = generate.load_pipeline(plan)
+    with applied.apply(pipe, plan, dry_run=True) as handle:
+        moved = dict(handle.trace.sizes)
+    assert set(moved) == set(inspected)
+    for name, comp in inspected.items():
+        extra = nonpersistent_bytes(getattr(pipe, name))
+        assert moved[name] == comp["bytes_at_dtype"] + extra, name
+        if comp["class"] in ("CLIPTextModel", "CLIPTextModelWithProjection"):  # the trace counts them:
+            positions = json.loads((folder / name / "config.json").read_text())["max_position_embeddings"]
+            assert extra == 8 * positions, name  # position_ids, int64 [1, max_position_embeddings]
+
+
+def test_transformers_without_a_dtype_loads_at_the_dtype_its_config_names(tmp_path, monkeypatch):
+    """transformers 5 loads "auto" when given no dtype (as diffusers gives it none): the dtype config.json names,
+    else the stored one; transformers 4 loaded float32. diffusers' own models load float32 either way."""
+    root = small_pipeline(tmp_path / "p", text_encoder=TEXT, vae=VAE)
+    for name in ("text_encoder", "vae"):
+        (root / name / "config.json").write_text(json.dumps({"_class_name": "x", "dtype": "float16"}))
+    found = sizes.read(root)[0].components
+    assert found["text_encoder"].config_dtype == "float16" and found["vae"].config_dtype is None
+    halved = 216 + 8 + 64 + 64 + 24  # floats at float16, the int64 tensor as it is
+    assert (found["text_encoder"].bytes_at(None), found["vae"].bytes_at(None)) == (halved, 728)
+    (root / "text_encoder" / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))  # transformers 4
+    assert sizes.read(root)[0].components["text_encoder"].load_dtype(None) == "bfloat16"
+    (root / "text_encoder" / "config.json").write_text("{")  # unreadable: as stored
+    assert sizes.read(root)[0].components["text_encoder"].bytes_at(None) == SMALL_BYTES
+    monkeypatch.setattr(sizes, "_transformers_loads_auto", lambda: False)
+    assert sizes.read(root)[0].components["text_encoder"].bytes_at(None) == 728

@@ -25,6 +25,7 @@ from accelerate.hooks import CpuOffload, remove_hook_from_module
 
 from planner.executor import devices
 from planner.plan import Plan, PlanError, Problem
+from planner.rules import PLN306
 from planner.rules.device import device_problems
 from planner.trace import EXCLUSION_ROUND_TRIP, Trace
 from planner.validate import load_plan
@@ -63,6 +64,28 @@ class _PipeState:
                 pipe.__dict__.pop(name, None)
             else:
                 pipe.__dict__[name] = value
+
+
+class _Host:
+    """A pipeline object the plan puts shadows on: the pipeline itself, or for a combined pipeline each connected
+    pipeline (`prior_pipe`, `decoder_pipe`) whose chain diffusers installs. `state` is how its attributes were;
+    `hooks` its `_all_hooks` as the last install left it (chains only)."""
+
+    def __init__(self, pipe, shadows: dict):
+        self.pipe, self.shadows = pipe, shadows
+        self.state = _PipeState.take(pipe)
+        self.hooks: list = []
+        self.chain = "model_cpu_offload_seq" in shadows
+
+    def in_force(self) -> bool:
+        """The shadows are the plan's and (for a chain) diffusers' hook list is the one the last install left."""
+        attributes = self.pipe.__dict__
+        if any(attributes.get(k, _MISSING) is not v for k, v in self.shadows.items()):
+            return False
+        return not self.chain or attributes.get("_all_hooks") is self.hooks
+
+    def module_ids(self) -> set[int]:
+        return {id(m) for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)}
 
 
 class _Pristine:
@@ -160,13 +183,18 @@ class AppliedPlan:
         self._removed = False
         self._ending = False
         self._blocked = False  # the last end of a call found another kind of offload and left it in place
-        self._state = _PipeState.take(pipe)
         self._records: dict[int, _Pristine] = {}  # id(module) -> snapshot, for every module this plan hooked
-        self._shadows = {"model_cpu_offload_seq": plan.offload_seq,
-                         "_exclude_from_cpu_offload": sorted(plan.exclude),
-                         "enable_model_cpu_offload": self._enable, "maybe_free_model_hooks": self._maybe_free}
-        self._hooks: list = []  # diffusers' `_all_hooks` as the last install left it
         self._hooked: dict = {}  # component name -> (module, its CpuOffload hook or None when excluded)
+        self._installing = False  # a whole install runs: connected pipelines' installs are part of it
+        top = {"enable_model_cpu_offload": self._enable, "maybe_free_model_hooks": self._maybe_free}
+        if plan.pipes:  # a combined pipeline: its override hooks each connected pipeline with a chain of its own
+            self._hosts = [_Host(pipe, top)]
+            for attribute, names in plan.chains:
+                self._hosts.append(self._connected_host(getattr(pipe, attribute), names))
+        else:
+            self._hosts = [_Host(pipe, {"model_cpu_offload_seq": plan.offload_seq,
+                                        "_exclude_from_cpu_offload": sorted(plan.exclude), **top})]
+        self._chains = [host for host in self._hosts if "model_cpu_offload_seq" in host.shadows]
 
     # -- the user's side ------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -262,11 +290,14 @@ class AppliedPlan:
         if ending and not self._in_force() and self._conflict() is not None:
             self._blocked = True
             return None
-        pipe.__dict__.update(self._shadows)  # re-asserted: a user's assignment must not change the plan
+        for host in self._hosts:  # re-asserted: a user's assignment must not change the plan
+            host.pipe.__dict__.update(host.shadows)
         modules = _modules(pipe)
         self._track(modules)
-        # diffusers computes `gpu_id or device.index or pipe._offload_gpu_id`: an index of 0 would fall through
-        pipe._offload_gpu_id = self.execution_device.index or 0
+        if not self.plan.pipes:
+            # diffusers computes `gpu_id or device.index or pipe._offload_gpu_id`: an index of 0 would fall through
+            pipe._offload_gpu_id = self.execution_device.index or 0
+        self._installing = True
         try:
             type(pipe).enable_model_cpu_offload(pipe, device=self.execution_device)
         except ValueError:
@@ -274,22 +305,59 @@ class AppliedPlan:
                 self._blocked = True
                 return None
             raise
+        finally:
+            self._installing = False
         self._blocked = False
         return modules
 
-    def _follow(self, modules: dict, back: set) -> None:
-        """Let the trace follow the hooks just installed, and record the exclusions put on the device."""
+    def _connected_host(self, sub, names: tuple[str, ...]) -> "_Host":
+        """The shadows of a connected pipeline `sub` (`prior_pipe`) whose chain holds the plan's `names` (the
+        combined pipeline's names): its own names for them, its exclusions, and its two methods routed here."""
+        own = {id(module): name for name, module in sub.components.items() if isinstance(module, torch.nn.Module)}
+        combined = _modules(self.pipe)
+        local = [own[id(combined[name])] for name in names if name in combined]
+        excluded = sorted(own[id(combined[n])] for n in self.plan.exclude if n in combined and id(combined[n]) in own)
+        host = _Host(sub, {"model_cpu_offload_seq": "->".join(local), "_exclude_from_cpu_offload": excluded})
+        host.shadows["enable_model_cpu_offload"] = lambda gpu_id=None, device=None: self._enable_connected(host)
+        host.shadows["maybe_free_model_hooks"] = lambda: self._free_connected(host)
+        return host
+
+    def _enable_connected(self, host: "_Host") -> None:
+        """A connected pipeline's `enable_model_cpu_offload`: diffusers' own with the plan's device, as part of a
+        whole install, or on its own when the connected pipeline's call ends (its chain is re-installed alone)."""
+        sub = host.pipe
+        sub._offload_gpu_id = self.execution_device.index or 0
+        if self._installing:
+            type(sub).enable_model_cpu_offload(sub, device=self.execution_device)
+            return
+        modules = _modules(self.pipe)
+        mine = {name for name, module in modules.items() if id(module) in host.module_ids()}
+        back = self.trace.resident & self.plan.exclude & mine  # moved to the CPU and back, as in `_reinstall`
+        self.trace.offload_all({name: EXCLUSION_ROUND_TRIP for name in back}, only=mine)
+        type(sub).enable_model_cpu_offload(sub, device=self.execution_device)
+        self._follow(modules, back, hosts=[host])
+
+    def _free_connected(self, host: "_Host") -> None:
+        """A connected pipeline's `maybe_free_model_hooks` at the end of its part of the call: diffusers' own,
+        which re-installs its chain through `_enable_connected`; the combined call goes on."""
+        type(host.pipe).maybe_free_model_hooks(host.pipe)
+
+    def _follow(self, modules: dict, back: set, hosts: list | None = None) -> None:
+        """Let the trace follow the hooks just installed on `hosts` (default: every chain), and record the
+        exclusions put on the device."""
         trace = self.trace
-        trace.sizes = {name: _bytes(m) for name, m in modules.items()}
-        self._hooks = self.pipe._all_hooks
         names = {id(m): name for name, m in modules.items()}
-        self._hooked = {name: (m, None) for name, m in modules.items()}
-        for user_hook in self._hooks:
-            name = names[id(user_hook.model)]
-            self._hooked[name] = (user_hook.model, user_hook.hook)
-            self._observe(user_hook.hook, name, names)
-        for name in sorted(set(modules) & self.plan.exclude):
-            trace.load(name, EXCLUSION_ROUND_TRIP if name in back else None)  # on the device for good
+        if hosts is None:
+            trace.sizes = {name: _bytes(m) for name, m in modules.items()}
+            self._hooked = {name: (m, None) for name, m in modules.items()}
+        for host in self._chains if hosts is None else hosts:
+            host.hooks = host.pipe.__dict__.get("_all_hooks", [])
+            for user_hook in host.hooks:
+                name = names[id(user_hook.model)]
+                self._hooked[name] = (user_hook.model, user_hook.hook)
+                self._observe(user_hook.hook, name, names)
+            for name in sorted(n for n in self.plan.exclude if n in modules and id(modules[n]) in host.module_ids()):
+                trace.load(name, EXCLUSION_ROUND_TRIP if name in back else None)  # on the device for good
 
     def _track(self, modules: dict) -> None:
         """Snapshot each module before this plan first hooks it; give back the modules swapped out of the
@@ -329,9 +397,7 @@ class AppliedPlan:
         """Cheap (runs before every call): the shadows, diffusers' hook list and each component's hook are the
         ones the last install left, and no component was swapped or got group offloading on top."""
         pipe = self.pipe
-        if self._blocked or any(pipe.__dict__.get(k, _MISSING) is not v for k, v in self._shadows.items()):
-            return False
-        if pipe.__dict__.get("_all_hooks") is not self._hooks:
+        if self._blocked or not all(host.in_force() for host in self._hosts):
             return False
         modules = _modules(pipe)
         if modules.keys() != self._hooked.keys():
@@ -391,7 +457,8 @@ class AppliedPlan:
             self._release(record)
             others.update(record.users)
         self._records.clear()
-        self._state.restore(self.pipe)
+        for host in reversed(self._hosts):
+            host.state.restore(host.pipe)
         if applied_to(self.pipe) is self:
             del _applied[self.pipe]
         for other in others:
@@ -423,8 +490,9 @@ def preflight(pipe, plan: Plan, target: torch.device, dry_run: bool) -> list[Pro
 
 def _component_problems(pipe, plan: Plan) -> list[Problem]:
     components = pipe.components
-    problems = []
-    for key, names in (("components", plan.sequence), ("exclude", sorted(plan.exclude))):
+    problems = _connected_problems(pipe, plan)
+    for key, names in (("components", plan.sequence), ("exclude", sorted(plan.exclude)),
+                       ("own_hook", sorted(plan.own_hook))):
         for name in names:
             if name not in components:
                 hint = difflib.get_close_matches(name, list(components), n=1)
@@ -436,6 +504,48 @@ def _component_problems(pipe, plan: Plan) -> list[Problem]:
                 problems.append(plan.problem(f"{key}.{name}", "PLN301",
                                              f"component {name!r} is a {type(components[name]).__name__}, not a "
                                              f"model: only torch modules are offloaded", f"remove {name!r}"))
+    return problems
+
+
+def connected_pipes(pipe) -> dict:
+    """The connected pipelines (attribute -> pipeline) that `pipe`'s own `enable_model_cpu_offload` hooks one by
+    one, each with its own chain: combined classes (`_load_connected_pipes`) that override the method (in
+    diffusers 0.42: the Kandinsky 2.2 img2img, Wuerstchen and Stable Cascade combined classes). Empty for any other
+    pipeline, combined classes that chain their own sequence included."""
+    from diffusers import DiffusionPipeline
+
+    cls = type(pipe)
+    if not getattr(cls, "_load_connected_pipes", False) or \
+            cls.enable_model_cpu_offload is DiffusionPipeline.enable_model_cpu_offload:
+        return {}
+    return {name: value for name, value in vars(pipe).items() if isinstance(value, DiffusionPipeline)}
+
+
+def _connected_problems(pipe, plan: Plan) -> list[Problem]:
+    """PLN306 when the plan's `pipe` entries do not say how the pipeline hooks its connected pipelines."""
+    cls = type(pipe).__name__
+    connected = connected_pipes(pipe)
+    if not connected:
+        return [plan.problem(f"components.{name}", PLN306, f"{cls} hooks one chain of its own, not one per "
+                             f"connected pipeline (pipe: {attribute})", f"remove `pipe` from {name!r}")
+                for name, attribute in plan.pipes.items()]
+    if not plan.pipes:
+        return [plan.problem("components", PLN306, f"{cls} hooks each connected pipeline "
+                             f"({', '.join(connected)}) with a chain of its own: the plan must say which holds each "
+                             "component", "write components as a mapping, each with `pipe:`")]
+    modules = _modules(pipe)
+    owner = {id(m): attribute for attribute, sub in connected.items() for m in _modules(sub).values()}
+    problems = []
+    for name in plan.sequence:
+        attribute = plan.pipes.get(name)
+        wanted = owner.get(id(modules[name])) if name in modules else None
+        if attribute not in connected:
+            problems.append(plan.problem(f"components.{name}", PLN306, f"{cls} has no connected pipeline "
+                                         f"{attribute!r} (it has: {', '.join(connected)})",
+                                         f"write `pipe: {wanted}`" if wanted else "name one of them"))
+        elif wanted is not None and wanted != attribute:
+            problems.append(plan.problem(f"components.{name}", PLN306, f"{cls} hooks {name!r} in the chain of "
+                                         f"{wanted}, not {attribute}", f"write `pipe: {wanted}`"))
     return problems
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from planner.plan import Plan, PlanError, Problem
 
 # Plan keys a command-line flag can set: a problem with one of them is located at the flag when the flag set it.
-FLAGS = {"pipeline.source": "--source", "device": "--device", "gpu_id": "--gpu-id"}
+FLAGS = {"pipeline.source": "--source", "device": "--device", "gpu_id": "--gpu-id", "pipeline.torch_dtype": "--dtype",
+         "pipeline.variant": "--variant"}
 CLI_DRY_RUN = "run with --dry-run to trace the plan on the CPU"
 MODEL_INDEX_LIMIT = 1 << 20  # a model_index.json holds a few hundred bytes; a file this large is not one
 
@@ -132,6 +133,11 @@ def locate_source(plan: Plan, request: Request, at: Callable[..., Problem] | Non
     if problem:
         raise PlanError([at("pipeline.source", "PLN304", problem, f"point {spelled} at a folder written by "
                             "save_pretrained (planner tiny sd FOLDER builds one)")])
+    from planner import rules, sizes
+
+    if plan.variant and not sizes.has_variant(folder, plan.variant):  # diffusers refuses it only after imports
+        raise PlanError([at("pipeline.variant", "PLN407", f"no component of {str(folder)!r} has files of the "
+                            f"variant {plan.variant!r}", rules.PLN407.fix)])
     return Source(str(folder), folder_class)
 
 
@@ -256,11 +262,12 @@ def _components(cls) -> set[str]:
 
 
 def _generate(applied, request: Request):
-    """Call through the handle (which times each call in its trace) `request.calls` times; the last images."""
+    """Call through the handle (which times each call in its trace) `request.calls` times; the last call's
+    pictures (see `_pictures`)."""
     images = None
     for _ in range(request.calls):
         try:
-            images = applied(**_call_kwargs(applied.pipe, request)).images
+            images = _pictures(applied(**_call_kwargs(applied.pipe, request)))
         except Exception as exc:  # the pipeline's own error, reported as one line
             raise PlanError([Problem(applied.plan.path, 0, 0, "PLN305", f"the pipeline call failed: "
                                      f"{type(exc).__name__}: {_first_line(exc)}",
@@ -268,12 +275,30 @@ def _generate(applied, request: Request):
     return images
 
 
+def _pictures(output) -> list:
+    """The first image of an image pipeline's output (`images`), or every frame of the first video of a video
+    pipeline's (`frames`, one list of frames per video: Wan, CogVideoX, LTX-Video)."""
+    images = getattr(output, "images", None)
+    if images is not None:
+        return list(images[:1])
+    frames = getattr(output, "frames", None)
+    return list(frames[0]) if frames is not None and len(frames) else []
+
+
 def _write(applied, request: Request, images) -> None:
-    """The last image and the trace JSON, where the request asks (missing folders created)."""
+    """The last image (a video's frames as an animation where the format has them: .png, .gif, .webp; else its
+    first frame) and the trace JSON, where the request asks (missing folders created)."""
     plan = applied.plan
     if request.out and images:
+        from PIL import Image
+
         Path(request.out).parent.mkdir(parents=True, exist_ok=True)
-        images[0].save(request.out)
+        first, *rest = images
+        image_format = Image.registered_extensions().get(Path(request.out).suffix.lower())
+        if rest and image_format in Image.SAVE_ALL:
+            first.save(request.out, save_all=True, append_images=rest, duration=125, loop=0)
+        else:
+            first.save(request.out)
     if request.trace_json:
         Path(request.trace_json).parent.mkdir(parents=True, exist_ok=True)
         payload = {"plan": plan.path, "sequence": list(plan.sequence), "exclude": sorted(plan.exclude),
@@ -304,7 +329,9 @@ def summary(applied, request: Request, events: bool | None = None) -> str:
     plan, trace = applied.plan, applied.trace
     mode = " (dry run: hooks executed on the CPU; figures are what the device would have received)" \
         if applied.dry_run else ""
-    lines = [f"plan {plan.path}: {plan.offload_seq} on {applied.target}{mode}"]
+    loaded = "".join(f", {key} {value}" for key, value in (("torch_dtype", plan.torch_dtype),
+                                                           ("variant", plan.variant)) if value)
+    lines = [f"plan {plan.path}: {plan.offload_seq} on {applied.target}{loaded}{mode}"]
     if applied.skipped:
         lines.append(f"skipped (None in the pipeline, as diffusers does): {', '.join(applied.skipped)}")
     kept = sorted(plan.exclude - set(applied.skipped))

@@ -92,19 +92,24 @@ PLN206 = Rule("PLN206", "a `device_map`: offloading and device maps cannot be co
               "remove device_map; the plan offloads whole components")
 
 # -- components, their order, the other keys: planner.rules.graph (PLN207, PLN213-215: the schema mapping) ------
-PLN207 = Rule("PLN207", "empty `components`", "list the components to offload, in running order")
+PLN207 = Rule("PLN207", "empty `components` (allowed only when `own_hook` names the models)",
+              "list the components to offload, in running order")
 PLN208 = Rule("PLN208", "a name listed twice (components, `after`, `exclude`)", "keep one")
 PLN209 = Rule("PLN209", '`after` naming a component the plan does not have (with "did you mean")',
               "name a component of the plan")
 PLN210 = Rule("PLN210", "a component that runs after itself", "remove it from its own `after`")
 PLN211 = Rule("PLN211", "a cycle of `after` edges, reported with its path (`unet -> vae -> unet`)",
               "remove one of these `after` entries")
-PLN212 = Rule("PLN212", "a component both offloaded and excluded", "keep it in one of `components` and `exclude`")
+PLN212 = Rule("PLN212", "a component in two of `components`, `exclude` and `own_hook`",
+              "keep it in one: offloaded in turn, kept on the device, or a hook of its own")
 PLN213 = Rule("PLN213", "a `policy` other than `chain` (the only one in this version)",
               "write `policy: chain` or leave it out")
 PLN214 = Rule("PLN214", "a `budget` (reserved for the memory-budget policy)", "remove budget")
 PLN215 = Rule("PLN215", "a component name that is not an identifier",
               "use the attribute name, as in pipe.components (letters, digits, _)")
+PLN216 = Rule("PLN216", "a component without `pipe` while others name theirs (a combined pipeline hooks each connected "
+              "pipeline with a chain of its own: every component says which)",
+              "write `pipe: prior_pipe` (or the connected pipeline that runs it) on every component")
 
 # -- at apply time, against the loaded pipeline: planner.executor ------------------------------------------------
 PLN301 = Rule("PLN301", "a plan component the pipeline does not have, or that is not a model (lists what it has, "
@@ -117,6 +122,9 @@ PLN303 = Rule("PLN303", "a device that is not present (no accelerator, `gpu_id` 
 PLN304 = Rule("PLN304", "a pipeline that cannot be loaded (no source, missing folder, unknown class, hub "
               "unreachable)", "check `pipeline.source` and `pipeline.class`")
 PLN305 = Rule("PLN305", "a pipeline call that failed under `planner apply`", "check the generation arguments")
+PLN306 = Rule("PLN306", "a plan whose `pipe` entries do not match how the loaded pipeline hooks its connected "
+              "pipelines (missing on a combined pipeline that hooks each with its own chain, naming the wrong one, "
+              "or given for a pipeline with one chain)", "write the `pipe` the message names, or remove it")
 
 # -- model folders, read without loading weights: planner.sizes -------------------------------------------------
 PLN401 = Rule("PLN401", "a source that is not a diffusers pipeline: a missing path, no model_index.json, an "
@@ -147,16 +155,19 @@ PLN503 = Rule("PLN503", 'a component or exclusion the pipeline class does not ha
               'mean")', "name one of the class's model components, or remove it")
 PLN504 = Rule("PLN504", "a component or exclusion that the class declares as no model (a tokenizer, a scheduler, "
               "a feature extractor)", "remove it: only torch modules are offloaded")
-PLN505 = Rule("PLN505", "a model component the class requires (not one of its optional components) that is "
-              "neither in the plan nor excluded: it gets its own hook, loaded at first use and kept on the device "
-              "until the call ends",
-              "add it to components (in running order) or to exclude", "warning")
+PLN505 = Rule("PLN505", "a model component the class requires (not one of its optional components) that the plan "
+              "does not name: it gets its own hook, loaded at first use and kept on the device until the call ends",
+              "add it to components (in running order), to exclude, or to own_hook to say that its own hook is "
+              "meant", "warning")
 PLN506 = Rule("PLN506", "a class that replaces `enable_model_cpu_offload` with a fixed order of its own "
               "(AudioLDM2, MusicLDM): no plan can be put in force on it",
               "use the class's own pipe.enable_model_cpu_offload(), without a plan")
 PLN507 = Rule("PLN507", "a class with no `model_cpu_offload_seq` (diffusers refuses model offload for it): the "
               "plan's order is used as written, with nothing to check it against",
               "list the components in the order the pipeline calls them", "warning")
+PLN508 = Rule("PLN508", "a `pipe` that does not match how the class hooks its models: a combined class that hooks "
+              "each connected pipeline with its own chain needs the pipeline holding each component; any other "
+              "class hooks one chain and takes no `pipe`", "write the `pipe` the message names, or remove it")
 
 # Every rule defined above, by id, in the order written (the README's order).
 RULES: dict[str, Rule] = {r.id: r for r in globals().copy().values() if isinstance(r, Rule)}

@@ -13,30 +13,50 @@ if TYPE_CHECKING:
     from planner.rules import Rule
 
 LISTED = 8  # names shown when a message lists the possible ones
+# The flags that set a key inside `pipeline` (`planner apply --dtype float16`); a top-level key such as `gpu_id`
+# is set by `--gpu-id`.
+NESTED_FLAGS = {("pipeline", "torch_dtype"): "--dtype", ("pipeline", "variant"): "--variant"}
 
 
 class Context:
     """One plan being checked: `data` is the document's data with `overrides` applied; `add` locates a problem
-    at a node of the file, or at its flag (`--device`) when the value came from the command line."""
+    at a node of the file, or at its flag (`--device`) when the value came from the command line. `overrides`
+    maps a top-level key (`device`) or a key inside `pipeline` (`pipeline.torch_dtype`) to its value;
+    `overridden` holds the top-level keys among them."""
 
     def __init__(self, doc: Document, overrides: Mapping[str, object]):
         self.doc = doc
         self.data = dict(doc.data)
-        self.data.update(overrides)
-        self.overridden = set(overrides)
+        self.flags: dict[tuple, str] = {}  # node the command line set -> its flag
+        for key, value in overrides.items():
+            node = tuple(key.split(".", 1))
+            parent = self.data.get(node[0])
+            if len(node) == 1:
+                self.data[key] = value
+            elif parent is None or isinstance(parent, dict):  # else the file's own error on the parent stands
+                self.data[node[0]] = {**(parent or {}), node[1]: value}
+            else:
+                continue
+            self.flags[node] = NESTED_FLAGS.get(node, "--" + node[-1].replace("_", "-"))
+        self.overridden = {node[0] for node in self.flags if len(node) == 1}
         self.problems: list[Problem] = []
         self.suggest = Suggester()
 
+    def flag(self, path: tuple) -> str | None:
+        """The flag that set the node `path` (or the node holding it), or None when its value is the file's."""
+        return self.flags.get(tuple(path[:1])) or self.flags.get(tuple(path[:2])) if path else None
+
     def add(self, path: tuple, rule: Rule, message: str, fix: str | None = None, key: bool = False) -> None:
         """Record a problem of `rule` at the node `path` (at its key with `key`); `fix` defaults to the rule's."""
-        if path and path[0] in self.overridden:
-            self.problems.append(rule.problem("--" + str(path[0]).replace("_", "-"), message, fix))
+        flag = self.flag(path)
+        if flag:
+            self.problems.append(rule.problem(flag, message, fix))
         elif not self.doc.is_refused(path):  # else the loader already said why this node has no value
             self.problems.append(rule.at(self.doc, path, message, fix, key))
 
     def describe(self, path: tuple, value) -> str:
         """`value` (at `path`) for a message: as written in the file when it is no string, else its repr."""
-        raw = None if (path and path[0] in self.overridden) else self.doc.raw(path)
+        raw = None if self.flag(path) else self.doc.raw(path)
         if isinstance(value, (dict, list)) or value is None:
             return {dict: "a mapping", list: "a list", type(None): "nothing (null)"}[type(value)]
         return f"`{raw}`" if raw is not None and not isinstance(value, str) else repr(value)

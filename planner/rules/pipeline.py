@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner import index
-from planner.rules import PLN501, PLN502, PLN503, PLN504, PLN505, PLN506, PLN507
+from planner.rules import PLN501, PLN502, PLN503, PLN504, PLN505, PLN506, PLN507, PLN508
 from planner.rules.context import Context, did_you_mean, some
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the schema's pattern: anything else is a PLN104 already
@@ -40,8 +40,10 @@ class _Facts:
     types: dict[str, str]
 
 
-def check(ctx: Context, names: list[str], excluded: list[str]) -> None:
-    """Check the plan's `pipeline.class`, its component `names` and its `excluded` names against the index."""
+def check(ctx: Context, names: list[str], excluded: list[str], own_hook: list[str] = (),
+          pipes: dict[str, str] | None = None) -> None:
+    """Check the plan's `pipeline.class`, its component `names`, its `excluded` and `own_hook` names and each
+    component's connected pipeline (`pipes`) against the index."""
     pipe = ctx.data.get("pipeline")
     cls = pipe.get("class") if isinstance(pipe, dict) else None
     if not isinstance(cls, str) or not _NAME.fullmatch(cls):
@@ -63,10 +65,13 @@ def check(ctx: Context, names: list[str], excluded: list[str]) -> None:
     elif record.offload == "none":
         ctx.add(_CLASS, PLN507, f"{cls} has no model_cpu_offload_seq: diffusers refuses model offload for it, so "
                 "the plan's order is used as written and nothing checks it against the pipeline's calls")
-    if not (facts.allowed.issuperset(names) and facts.allowed.issuperset(excluded)):
+    if not (facts.allowed.issuperset(names) and facts.allowed.issuperset(excluded)
+            and facts.allowed.issuperset(own_hook)):
         _names(ctx, cls, facts)  # not in the common case, where every name is a component the class may offload
-    if record.offload in ("chain", "none"):
-        _coverage(ctx, facts, names, excluded)
+    if record.offload in ("chain", "none", "connected"):
+        _coverage(ctx, facts, [*names, *excluded, *own_hook])
+    if pipes or record.offload == "connected":
+        _pipes(ctx, record, names, pipes or {})
 
 
 def _unknown(ctx: Context, known: index.Index, cls: str) -> None:
@@ -86,7 +91,7 @@ def _names(ctx: Context, cls: str, facts: _Facts) -> None:
         kind = facts.kinds.get(name, "absent")
         if kind == "absent":
             hint = ctx.suggest.closest(name, facts.plannable)
-            what = "to exclude" if node[0] == "exclude" else "to offload"
+            what = {"exclude": "to exclude", "own_hook": "to give a hook of its own"}.get(node[0], "to offload")
             ctx.add(node, PLN503, f"{cls} has no component {name!r} {what} (its models: {some(facts.plannable)})",
                     did_you_mean([hint]) if hint else None, key)
         elif kind is False:
@@ -101,19 +106,43 @@ def _placed_names(ctx: Context):
     comps = ctx.data.get("components")
     placed = [(("components", i), n, False) for i, n in enumerate(comps)] if isinstance(comps, list) else \
         [(("components", n), n, True) for n in comps] if isinstance(comps, dict) else []
-    excluded = ctx.data.get("exclude")
-    placed += [(("exclude", i), n, False) for i, n in enumerate(excluded)] if isinstance(excluded, list) else []
+    for key in ("exclude", "own_hook"):
+        listed = ctx.data.get(key)
+        placed += [((key, i), n, False) for i, n in enumerate(listed)] if isinstance(listed, list) else []
     for node, name, key in placed:
         if isinstance(name, str) and name not in seen and _NAME.fullmatch(name):
             seen.add(name)
             yield node, name, key
 
 
-def _coverage(ctx: Context, facts: _Facts, names: list[str], excluded: list[str]) -> None:
-    """PLN505 for each model the class requires that the plan neither offloads nor excludes."""
+def _pipes(ctx: Context, record: index.Pipeline, names: list[str], pipes: dict[str, str]) -> None:
+    """PLN508 for a `pipe` that is not the connected pipeline diffusers hooks the component in, or one given to a
+    class that hooks a single chain of its own."""
+    cls = record.name
+    if record.offload != "connected":
+        for name in pipes:
+            ctx.add(("components", name, "pipe"), PLN508, f"{cls} hooks its models in one chain of its own, not "
+                    "per connected pipeline", f"remove `pipe` from {name!r}")
+        return
+    owner = {combined: part.attribute for part in record.connected for combined in part.components.values()}
+    if not pipes and isinstance(ctx.data.get("components"), list):
+        ctx.add(("components",), PLN508, f"{cls} hooks each connected pipeline "
+                f"({', '.join(p.attribute for p in record.connected)}) with a chain of its own: the plan must say "
+                "which holds each component", "write components as a mapping, each with `pipe:`", key=True)
+        return
+    for name in names:
+        given, wanted = pipes.get(name), owner.get(name)
+        if given is None or wanted is None or given == wanted:
+            continue  # PLN216 says a missing one; a name the class lacks is PLN503
+        ctx.add(("components", name, "pipe"), PLN508, f"{cls} hooks {name!r} in the chain of {wanted}, not {given}",
+                f"write `pipe: {wanted}`")
+
+
+def _coverage(ctx: Context, facts: _Facts, named: list[str]) -> None:
+    """PLN505 for each model the class requires that the plan does not name."""
     if not facts.required:
         return
-    covered = {*names, *excluded}
+    covered = set(named)
     for name in facts.required:
         if name not in covered:
             ctx.add(("components",), PLN505, f"{name} is not in the plan: {OWN_HOOK}", key=True)

@@ -127,6 +127,9 @@ def _valid(schema: dict, value) -> bool:
     return check is not None and check(value)
 
 
+_ANNOTATIONS = ("description", "title", "$comment")  # keywords beside a `$ref` that assert nothing
+
+
 def _inlined(schema, root: dict):
     """`schema` with each local `$ref` replaced by its target: jsonschema resolves a reference on every use
     (most of its time on a plan of thousands of names); the schema has no recursive reference."""
@@ -135,11 +138,11 @@ def _inlined(schema, root: dict):
     if not isinstance(schema, dict):
         return schema
     ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/") and len(schema) == 1:
+    if isinstance(ref, str) and ref.startswith("#/") and set(schema) <= {"$ref", *_ANNOTATIONS}:
         target = root
         for part in ref[2:].split("/"):
             target = target[part]
-        return _inlined(target, root)
+        return {**_inlined(target, root), **{k: v for k, v in schema.items() if k != "$ref"}}
     return {key: _inlined(value, root) for key, value in schema.items()}
 
 
