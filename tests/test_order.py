@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 import networkx as nx
 import pytest
@@ -54,15 +53,41 @@ def test_the_shortest_cycle_is_reported_ties_by_declaration_order():
     assert order.cycles(names, edges) == [("a", "c", "a")]
 
 
-def test_cycles_cost_stays_linear_for_thousands_of_components():
+@pytest.fixture
+def graph_steps(monkeypatch):
+    """Counts the graph work networkx does from now on, whoever asks for it (our walks or networkx's own
+    algorithms, through any view): each adjacency row fetched, each neighbour and each node iterated over. Every
+    DiGraph built during the test stores its adjacency and nodes in the counting dicts below."""
+    steps = [0]
+
+    class Rows(dict):
+        def __getitem__(self, node):
+            steps[0] += 1
+            return super().__getitem__(node)
+
+    class Walked(dict):
+        def __iter__(self):
+            for key in super().__iter__():
+                steps[0] += 1
+                yield key
+
+    monkeypatch.setattr(nx.DiGraph, "adjlist_outer_dict_factory", Rows)
+    monkeypatch.setattr(nx.DiGraph, "adjlist_inner_dict_factory", Walked)
+    monkeypatch.setattr(nx.DiGraph, "node_dict_factory", Walked)
+    return steps
+
+
+def test_cycles_cost_stays_linear_for_thousands_of_components(graph_steps):
+    """A ring through 5,000 components with 2,500 ways out of its start: finding its shortest cycle touches the
+    graph a bounded number of times per node and edge (about 6 today), where one search per way out (the
+    quadratic walk this replaced) touches it millions of times."""
     n = 5000
     names = [f"c{i}" for i in range(n)]
     edges = [(names[i], names[(i + 1) % n]) for i in range(n)]  # one ring through everything
     edges += [(names[0], names[i]) for i in range(2, n, 2)]  # and many ways out of the start
-    start = time.process_time()
     (cycle,) = order.cycles(names, edges)
-    assert time.process_time() - start < 1.0
     assert cycle == ("c0", "c4998", "c4999", "c0")  # the shortest way back to the first declared
+    assert 0 < graph_steps[0] <= 12 * (len(names) + len(edges)), graph_steps[0]
 
 
 def test_resolve_gives_the_order_or_the_cycles():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from functools import lru_cache
 from itertools import combinations
 
@@ -144,9 +143,8 @@ def test_eight_components_over_four_calls_are_solved_exactly_at_once():
     sizes = {f"c{i}": 50 + 7 * i for i in range(8)}
     uses = ["c3", "c0", "c7", "c1", "c5", "c2", "c6", "c4"]
     for budget in (200, 300, 400):
-        start = time.perf_counter()
         result = optimal(uses, sizes, budget, 4)
-        assert result.exact and time.perf_counter() - start < 2.0  # milliseconds here; generous for shared CI
+        assert result.exact and not result.note  # within MAX_WORK search steps: no fallback, counted not timed
 
 
 def test_past_its_step_bound_the_optimum_gives_way_to_belady_and_says_so():
