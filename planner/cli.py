@@ -152,6 +152,10 @@ def _parser() -> argparse.ArgumentParser:
                        f"same rules: {', '.join(TORCH_DTYPES)})")
     apply.add_argument("--variant", metavar="NAME", help="override the plan's pipeline.variant (checked by the same "
                        "rules, and against the source folder's files)")
+    apply.add_argument("--policy", metavar="POLICY", help="override the plan's policy: chain (diffusers' own "
+                       "offload) or budget (keep what fits within the budget); checked by the same rules")
+    apply.add_argument("--budget", metavar="SIZE", help="override the plan's budget (8GiB, 512MB, bytes; checked by "
+                       "the same rules): the bytes of weights the budget policy may keep on the device")
     apply.add_argument("--dry-run", action="store_true",
                        help="install the same hooks with the CPU as execution device and trace what would move")
     apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON; missing folders are "
@@ -168,6 +172,28 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("folder", metavar="FOLDER", help="where to save it (reused when it holds this kind already)")
     tiny.add_argument("--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal)")
     tiny.set_defaults(run=_tiny)
+
+    simulate = sub.add_parser("simulate", help="bytes moved per policy (chain, budget, the peers) on known sizes",
+                              description="Simulate the plan's residency over --calls pipeline calls within a "
+                              "budget: diffusers' chain, the budget policy (the fewest host-to-device bytes, proven "
+                              "optimal), the peers' rules (diffusers' ComponentsManager, ComfyUI) and the lower "
+                              "bound. Sizes from --sizes, else --model, else the plan's pipeline.source when it is "
+                              "a local folder (safetensors headers only). No torch.")
+    simulate.add_argument("plan", metavar="PLAN", help="a plan file")
+    sized = simulate.add_mutually_exclusive_group()
+    sized.add_argument("--sizes", action="append", type=_sizes, metavar="NAME=SIZE,...",
+                       help="each component's size as loaded (8GiB, 512MB, bytes), or NAME=none for one the "
+                       "pipeline lacks; repeatable")
+    sized.add_argument("--model", metavar="PATH_OR_HUB_ID", help="read the sizes from this diffusers folder (or hub "
+                       "id) at the plan's variant and torch_dtype")
+    simulate.add_argument("--calls", type=_calls, default=4, metavar="N",
+                          help="pipeline calls to simulate, at most 1000 (default: %(default)s)")
+    simulate.add_argument("--budget", type=_size, metavar="SIZE", help="bytes of weights that may be on the device "
+                          "at once (default: the plan's budget)")
+    simulate.add_argument("--format", default="text", choices=["text", "json"])
+    simulate.add_argument("--plot", metavar="IMAGE", help="draw the residency timeline (chain and budget) here; "
+                          "needs the plot extra (matplotlib)")
+    simulate.set_defaults(run=_simulate)
     for command in sub.choices.values():  # every command documents its exit status
         command.formatter_class = argparse.RawDescriptionHelpFormatter
         command.epilog = f"{command.epilog}\n\n{EXIT_STATUS}" if command.epilog else EXIT_STATUS
@@ -194,6 +220,30 @@ def _integer_in(low: int | None, high: int | None, words: str):
 _integer = _integer_in(None, None, "an integer")
 _positive = _integer_in(1, None, "a positive integer")
 _seed = _integer_in(-(2**63), 2**64, "an integer from -2**63 to 2**64-1")  # what torch's generator accepts
+_calls = _integer_in(1, 1001, "a whole number from 1 to 1000")  # a simulated call costs about 1 ms per use
+
+
+def _size(text: str) -> int:
+    """An argparse type: a size in bytes (`planner.units`: 8GiB, 512MB, 1073741824)."""
+    from planner.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sizes(text: str) -> dict:
+    """An argparse type: `--sizes NAME=SIZE,...` (`planner.simulate.parse_sizes`)."""
+    from planner.simulate import parse_sizes
+
+    try:
+        return parse_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_size.__name__, _sizes.__name__ = "a size", "NAME=SIZE,..."  # argparse's own messages name the type by it
 
 
 def _plan_files(paths: list[str], exclude: list[str], parser: argparse.ArgumentParser) -> list[Entry]:
@@ -358,18 +408,22 @@ def _apply(args, parser) -> int:
     if problem:
         _usage(parser, "apply", problem)
     overrides = {key: value for key, value in (("device", args.device), ("gpu_id", args.gpu_id),
-                                               ("pipeline.torch_dtype", args.dtype), ("pipeline.variant", args.variant))
+                                               ("pipeline.torch_dtype", args.dtype), ("pipeline.variant", args.variant),
+                                               ("policy", args.policy), ("budget", args.budget))
                  if value is not None}
     try:
         plan = load_plan(_existing(args.plan, parser, "apply"), overrides)
     except PlanError as exc:
         return _fail(exc.problems)
-    from planner.executor import generate  # imports no torch: run() checks the source folder before it does
+    from planner.executor import CompatError, generate  # no torch: run() checks the source folder before it does
 
     try:
         report = generate.run(plan, generate.Request.from_args(args, progress=_progress(args)))
     except PlanError as exc:
         return _fail(exc.problems)
+    except CompatError as exc:  # the installed diffusers/accelerate moved what the executor reads
+        sys.stderr.write(f"planner apply: error: {exc}\n")
+        return 1
     except ImportError as exc:  # the apply extra is there but does not import (a broken or partial install)
         _usage(parser, "apply", f"cannot import {exc.name or 'a dependency'} ({exc}): {APPLY_EXTRA}")
     except OSError as exc:  # writing the outputs at the end: the disk filled up, a folder went away
@@ -403,6 +457,100 @@ def _tiny(args, parser) -> int:
         print(f"call it with: planner apply plans/{kind.plans[0]}.yaml --source {folder} --dry-run "
               f"{kind.hint()}{image}")
     return 0
+
+
+def _simulate(args, parser) -> int:
+    from planner import simulate
+
+    if args.plot is not None:
+        _plot_usable(parser, args.plot)
+    given = _merged_sizes(args.sizes, parser) if args.sizes else None
+    try:
+        path = _existing(args.plan, parser, "simulate")
+        found = [p for p in check(path) if is_error(p)]  # validate's checks, the class's against the index too
+        if found:
+            raise PlanError(found)
+        plan = load_plan(path)
+    except PlanError as exc:
+        return _fail(exc.problems)
+    if args.budget is None and plan.budget is None:
+        _usage(parser, "simulate", simulate.no_budget(plan))
+    try:
+        sizes, where = (given, "--sizes") if given is not None else _folder_sizes(args, plan, parser)
+        result = simulate.simulate(plan, sizes, args.calls, args.budget, where=where, complete=given is not None)
+    except PlanError as exc:
+        located = any(p.line for p in exc.problems)
+        return _fail(exc.problems) if located else _fail_lines(exc.problems)
+    if args.format == "json":
+        from planner.report.common import neutral_json
+
+        _write(neutral_json(json.dumps(result.to_json(), indent=2)) + "\n")
+    else:
+        _write(_visible_text(simulate.render_text(result)))
+    if args.plot is not None:
+        try:
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+            simulate.plot(result, args.plot)
+        except OSError as exc:
+            sys.stderr.write(f"planner simulate: error: {exc}\n")
+            return 1
+        (sys.stdout if args.format == "text" else sys.stderr).write(f"timeline written to {args.plot}\n")
+    return 0
+
+
+def _plot_usable(parser, path: str) -> None:
+    """Exit 2 when --plot cannot be drawn: no matplotlib (the plot extra), a path that cannot be written, an
+    extension matplotlib writes no format for."""
+    from planner import simulate
+
+    if not simulate.plot_available():
+        _usage(parser, "simulate", f"--plot needs the plot extra (matplotlib not installed): {simulate.PLOT_EXTRA}")
+    problem = _output_problem(path)
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = simulate.plot_formats()
+    if problem is None and extension not in formats:
+        problem = (f"{path!r} has {f'the extension .{extension}' if extension else 'no extension'}, which names no "
+                   f"format matplotlib writes: use .png, .svg or .pdf")
+    if problem:
+        _usage(parser, "simulate", f"--plot: {problem}")
+
+
+def _merged_sizes(given: list[dict], parser) -> dict:
+    """The --sizes flags as one mapping; a name in two of them is a usage error."""
+    merged: dict = {}
+    for sizes in given:
+        twice = sorted(set(merged) & set(sizes))
+        if twice:
+            _usage(parser, "simulate", f"--sizes: {', '.join(map(repr, twice))} given twice: keep one")
+        merged.update(sizes)
+    return merged
+
+
+def _folder_sizes(args, plan, parser) -> tuple[dict, str]:
+    """The plan's component sizes from --model, else from its pipeline.source when that is a local folder, checked
+    against the plan (`planner validate --model`'s checks); raises PlanError with the problems."""
+    from planner import rules, sizes
+
+    source = args.model
+    if source is None:
+        from planner.executor import generate  # its source checks import no torch
+
+        if plan.pipeline_source is None:
+            _usage(parser, "simulate", "no sizes: pass --sizes NAME=SIZE,... or --model FOLDER (the plan names no "
+                   "pipeline.source to read them from)")
+        located = generate.locate_source(plan, generate.Request())
+        if located.folder_class is None:
+            _usage(parser, "simulate", f"the plan's source {located.name!r} is a hub id: pass --model "
+                   f"{located.name} to read its sizes from the hub's safetensors headers, or --sizes")
+        source = located.name
+    elif not source.strip():
+        _usage(parser, "simulate", "--model: an empty name: name a folder holding model_index.json, or a hub id")
+    tables, problems = sizes.check_plans(source, [plan])
+    if args.budget is not None:  # the plan's own budget is not the one simulated
+        problems = [p for p in problems if p.rule != rules.PLN409.id]
+    if any(is_error(p) for p in problems) or not tables:
+        raise PlanError(problems)
+    return dict(tables[0].loaded_bytes()), source
 
 
 def _progress(args) -> bool:

@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from planner.plan import Problem
-from planner.rules import RULES
+from planner.rules import PLN000
 
 EXTENSIONS = (".yaml", ".yml")
 SKIPPED_DIRS = frozenset({"venv", "node_modules", "__pycache__", "site-packages", "dist-packages", "__pypackages__",
@@ -61,7 +61,7 @@ def discover(paths: list[str], exclude: list[str] | tuple[str, ...] = ()) -> Fou
 
 def unreadable(path: str, message: str, fix: str = "") -> Problem:
     """The PLN000 problem of an entry that cannot be read (no place in a file: line and column 0)."""
-    return Problem(path, 0, 0, "PLN000", message, fix or RULES["PLN000"].fix)
+    return PLN000.problem(path, message, fix or None)
 
 
 class _Glob:

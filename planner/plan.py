@@ -62,7 +62,11 @@ class Plan:
     sequence: tuple[str, ...]
     exclude: frozenset[str]
     edges: tuple[tuple[str, str], ...]
-    policy: str = "chain"
+    policy: str = "chain"  # "chain" (diffusers' own offload, exactly) or "budget" (planner.schedule's residency)
+    budget: int | None = None  # bytes of weights that may be resident on the device at once (policy budget)
+    reserve: int | None = None  # bytes kept free for activations when the budget comes from the free memory
+    keep_host_copy: bool = True  # keep unchanged weights on the host too: an eviction moves nothing back
+    uses: tuple[str, ...] | None = None  # the components in the order one pipeline call uses them, when not `sequence`
     own_hook: frozenset[str] = frozenset()
     pipes: Mapping[str, str] = field(default_factory=dict)  # component -> its connected pipeline (combined classes)
     pipeline_class: str | None = None
@@ -74,6 +78,12 @@ class Plan:
     def __post_init__(self):
         object.__setattr__(self, "locations", MappingProxyType(dict(self.locations)))
         object.__setattr__(self, "pipes", MappingProxyType(dict(self.pipes)))
+
+    @property
+    def call_order(self) -> tuple[str, ...]:
+        """The order one pipeline call uses the plan's components in: `uses` when the plan gives it (it may also
+        name excluded components), else the sequence. A name may repeat (img2img: the vae encodes, then decodes)."""
+        return self.uses if self.uses is not None else self.sequence
 
     @property
     def chains(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:

@@ -34,7 +34,7 @@ from typing import BinaryIO, Iterable, Mapping, NamedTuple
 from planner import index
 from planner import rules as _rules
 from planner.plan import Plan, Problem
-from planner.rules import PLN301, PLN304, PLN401, PLN402, PLN403, PLN404, PLN405, PLN406, PLN407, PLN408, Rule
+from planner.rules import PLN301, PLN304, PLN401, PLN402, PLN403, PLN404, PLN405, PLN406, PLN407, PLN408, PLN409, Rule
 from planner.rules.context import did_you_mean, some
 
 # safetensors' own bound on a header (MAX_HEADER_SIZE in its reader): a larger length is not a safetensors file.
@@ -825,7 +825,9 @@ def check_plan(plan: Plan, model: ModelSizes) -> list[Problem]:
       taking the same components, such as StableDiffusionImg2ImgPipeline from a StableDiffusionPipeline folder);
     - PLN301: a name offloaded, excluded or hooked apart that is not a model of the folder (a tokenizer), or no
       component at all. A component the class has and the folder leaves out is fine: it is None once loaded, and
-      skipped, as diffusers skips it. A model whose weights cannot be read is the folder's problem (`read`'s).
+      skipped, as diffusers skips it. A model whose weights cannot be read is the folder's problem (`read`'s);
+    - PLN409: a `policy: budget` plan's budget below what one use needs: the excluded components (resident) plus
+      the largest offloaded one its call order uses, at the plan's torch_dtype.
     The index of diffusers pipelines answers which components a class takes; a class it lacks is not judged."""
     found = []
     mismatch = _class_mismatch(plan, model)
@@ -841,7 +843,32 @@ def check_plan(plan: Plan, model: ModelSizes) -> list[Problem]:
                                                                                name in declared)):
                 continue  # a model of the folder, a component the class has and the folder leaves out, or PLN50x
             found.append(_component_problem(plan, model, f"{key}.{name}", name))
-    return found
+    short = _budget_problem(plan, model)
+    return found + [short] if short else found
+
+
+def _budget_problem(plan: Plan, model: ModelSizes) -> Problem | None:
+    """PLN409 when the plan's budget cannot hold its resident components beside the largest offloaded one it
+    uses (what the scheduler's `BudgetTooSmall` refuses at apply time), with the numbers; None otherwise."""
+    if plan.policy != "budget" or plan.budget is None:
+        return None
+    dtype = plan.torch_dtype or model.torch_dtype
+    sizes = {name: c.bytes_at(dtype) for name, c in model.components.items()}
+    resident = {name: sizes[name] for name in sorted(plan.exclude) if name in sizes}
+    used = [name for name in dict.fromkeys(plan.call_order) if name in sizes and name not in plan.exclude]
+    largest = max(used, key=lambda name: sizes[name], default=None)
+    needed = sum(resident.values()) + (sizes[largest] if largest else 0)
+    if needed <= plan.budget:
+        return None
+    what = [f"{largest} ({human(sizes[largest])}), the largest component it offloads"] if largest else []
+    if resident:
+        what.append(f"the excluded {', '.join(f'{n} ({human(b)})' for n, b in resident.items())}, resident "
+                    "throughout")
+    return plan.problem("budget", PLN409, f"a budget of {human(plan.budget)} ({plan.budget} bytes) cannot hold "
+                        f"{' beside '.join(what)}: the model folder {model.source} at {dtype or 'its stored dtype'} "
+                        f"needs at least {human(needed)} ({needed} bytes)",
+                        f"raise budget to at least {needed} bytes ({human(needed)}), or leave budget out to use the "
+                        "free memory minus reserve")
 
 
 def _said_by_the_index(plan: Plan) -> frozenset[str]:

@@ -1,6 +1,6 @@
 """The driver: a plan file -> its problems, and its `Plan` when it has no error.
 
-    read_plan_bytes, load (loader) -> schema -> device -> graph [-> pipeline class] -> problems | Plan
+    read_plan_bytes, load (loader) -> schema -> device -> graph -> policy [-> pipeline class] -> problems | Plan
 
 It sits above the loader and every rule module, and below the CLI and the executor: the core reads top-down, with
 no import circle. `check` (what `planner validate` reports) also checks `pipeline.class` against the shipped
@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from planner import loader
+from planner import loader, units
 from planner.loader import Document
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import device, graph, pipeline, schema
+from planner.rules import device, graph, pipeline, policy, schema
 from planner.rules.context import Context
 
 
@@ -76,6 +76,7 @@ class _Checked:
         self.own_hook = graph.own_hook(ctx, self.names, self.excluded)
         self.pipes = graph.pipes(ctx, self.names)
         self.sequence = graph.sequence(ctx, self.names, self.edges)
+        policy.check(ctx, self.names, self.excluded, self.own_hook)
 
     def against_index(self) -> None:
         if self.ctx is not None:
@@ -105,10 +106,20 @@ class _Checked:
             path=doc.path, version=data["version"], device=data["device"], gpu_id=data.get("gpu_id"),
             sequence=self.sequence, exclude=frozenset(data.get("exclude") or ()),
             own_hook=frozenset(self.own_hook), pipes=self.pipes,
-            edges=tuple(self.edges), policy=data.get("policy", "chain"),
+            edges=tuple(self.edges), policy=data.get("policy", "chain"), **_budget_keys(data),
             pipeline_class=pipe.get("class"), pipeline_source=pipe.get("source"),
             torch_dtype=pipe.get("torch_dtype"), variant=pipe.get("variant"), locations=locations,
         )
+
+
+def _budget_keys(data: dict) -> dict:
+    """The `Plan` fields of the budget policy's keys, sizes in bytes (the schema has checked every value)."""
+    found = {key: units.parse_size(data[key]) for key in ("budget", "reserve") if key in data}
+    if "keep_host_copy" in data:
+        found["keep_host_copy"] = data["keep_host_copy"]
+    if "uses" in data:
+        found["uses"] = tuple(data["uses"])
+    return found
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

@@ -7,6 +7,6 @@ if [ ! -x .venv/bin/planner ] || [ pyproject.toml -nt .venv/.installed ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e '.[apply,test,bench]'
+  .venv/bin/python -m pip install -q -e '.[apply,test,bench,plot]'
   touch .venv/.installed
 fi

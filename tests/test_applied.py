@@ -905,6 +905,27 @@ def test_summary_lists_components_in_running_order_and_the_events(tiny_pipelines
     assert summary(applied, Request(calls=2, events=True), events=False) == summary(applied, Request(calls=2))
 
 
+# -- offload_all: the device freed on demand ---------------------------------------------------------------------
+def test_offload_all_with_the_chain_brings_exclusions_back_when_they_run(tiny_pipelines, tmp_path):
+    pipe = load(tiny_pipelines["controlnet"])
+    applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"], exclude=["controlnet"]),
+                            dry_run=True)
+    kwargs = call_kwargs("controlnet")
+    expected = applied(**kwargs).images
+    assert applied.trace.resident == {"controlnet"}
+    applied.offload_all()
+    assert applied.trace.resident == set()
+    last = applied.trace.events[-1]
+    assert (last.event, last.component, last.reason) == ("offload", "controlnet", "offload_all")
+    assert applied.state == "in force"
+    assert (pipe(**call_kwargs("controlnet")).images == expected).all()  # a plain call
+    assert ("load", "controlnet", "after offload_all") in [(e.event, e.component, e.reason)
+                                                           for e in applied.trace.events if e.call == 2]
+    assert applied.trace.resident == {"controlnet"}  # the end of the call re-installed diffusers' chain
+    assert "_hf_hook" not in pipe.controlnet.__dict__  # the exclusion's parking hook went with the re-install
+    applied.remove()
+
+
 # -- on a real accelerator (skipped on CPU-only machines such as CI) ------------------------------------------
 def on_cuda(pipe) -> set:
     return {n for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)

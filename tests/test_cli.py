@@ -314,7 +314,7 @@ def test_tiny_unknown_kind_is_a_usage_error(tmp_path, no_run, capsys):
 def _fresh(code: str, *args, blocked=()) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter; modules named in `blocked` cannot be found (a core-only install)."""
     prelude = (
-        "import sys, time\n"
+        "import sys\n"
         f"BLOCKED = {tuple(blocked)!r}\n"
         "class Blocker:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
@@ -328,11 +328,9 @@ def _fresh(code: str, *args, blocked=()) -> subprocess.CompletedProcess:
 
 
 HEAVY = ("torch", "diffusers", "accelerate", "transformers")
-TIMED = ("start = time.perf_counter()\n"
-         "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
-         "print('SECONDS', time.perf_counter() - start)\n"
-         f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
-         "sys.exit(rc)\n")
+HEAVY_PROBE = ("try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+               f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
+               "sys.exit(rc)\n")
 
 
 def _cheap_failures(tmp_path, a_file):
@@ -377,12 +375,10 @@ def _cheap_failures(tmp_path, a_file):
 
 def test_apply_finds_every_cheap_mistake_before_importing_torch(tmp_path, a_file):
     for argv, status, words in _cheap_failures(tmp_path, a_file):
-        proc = _fresh(TIMED, "apply", *argv)
+        proc = _fresh(HEAVY_PROBE, "apply", *argv)
         assert proc.returncode == status, (argv, proc.stderr)
         assert words.format(tmp=tmp_path) in proc.stderr, (argv, proc.stderr)
-        assert "HEAVY []" in proc.stdout, (argv, proc.stdout)
-        seconds = float(proc.stdout.split("SECONDS ")[1].split()[0])
-        assert seconds < 1.0, (argv, seconds)  # what validate costs, not the seconds of importing torch
+        assert "HEAVY []" in proc.stdout, (argv, proc.stdout)  # what validate needs, never torch and its kin
         assert "Traceback" not in proc.stderr
 
 
@@ -595,14 +591,15 @@ def test_inspect_a_damaged_source_is_a_located_rule_tagged_error(kind, tmp_path,
     assert code == 1 and [(p["path"], p["rule"]) for p in problems] == [(where, words[:6])]
 
 
-def test_inspect_imports_no_torch_and_costs_what_reading_headers_costs(tmp_path):
+def test_inspect_imports_no_torch_diffusers_accelerate_or_transformers(tmp_path):
+    """inspect reads model_index.json and safetensors headers with the core alone, for a good folder (text or
+    JSON), a damaged one and a hub id."""
     folder = small_sd(tmp_path / "p")
     source, _, _ = _damaged("truncated", tmp_path / "t")
     for argv, status in (([folder], 0), ([folder, "--format", "json"], 0), ([source], 1), (["org/name"], 1)):
-        proc = _fresh(TIMED, "inspect", *argv)
+        proc = _fresh(HEAVY_PROBE, "inspect", *argv)
         assert proc.returncode == status, (argv, proc.stderr)
         assert "HEAVY []" in proc.stdout and "Traceback" not in proc.stderr, (argv, proc.stdout, proc.stderr)
-        assert float(proc.stdout.split("SECONDS ")[1].split()[0]) < 1.0, argv
 
 
 def test_inspect_a_hub_id_offline_or_unreachable_says_so_in_one_line(tmp_path):
@@ -722,7 +719,7 @@ def test_validate_model_a_variant_the_folder_lacks_is_located_at_the_plan(tmp_pa
 
 def test_validate_model_imports_no_torch(tmp_path):
     source, _, _ = _damaged("truncated", tmp_path)
-    proc = _fresh(TIMED, "validate", "--model", source, EXAMPLE, GOOD / "sdxl-with-class.yaml")
+    proc = _fresh(HEAVY_PROBE, "validate", "--model", source, EXAMPLE, GOOD / "sdxl-with-class.yaml")
     assert proc.returncode == 1 and "HEAVY []" in proc.stdout and "PLN405" in proc.stdout, proc.stderr
 
 
@@ -740,7 +737,7 @@ def test_apply_dtype_and_variant_go_through_the_plan_rules_before_torch(tmp_path
         ([in_plan], f"{in_plan}:4:3: PLN407 no component of '{folder}' has files of the variant 'fp16'"),
     ]
     for argv, words in cases:
-        proc = _fresh(TIMED, "apply", *argv, "--dry-run")
+        proc = _fresh(HEAVY_PROBE, "apply", *argv, "--dry-run")
         assert proc.returncode == 1 and words in proc.stderr, (argv, proc.stderr)
         assert "HEAVY []" in proc.stdout and "Traceback" not in proc.stderr, (argv, proc.stdout)
 

@@ -42,16 +42,19 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.integers(12
                     st.sampled_from(["cuda", "cuda:1", "cpu", "CUDA", "cuda:", "float16", "half", "", "chain",
                                      "cuda\n", "cuda:1\n", "cuda:127", "cuda:128", "cuda:01", "cuda:0", "float16\n",
                                      "chain\n"]))
+sizes = st.one_of(st.integers(-2, 1 << 40), st.sampled_from(["8GiB", "512 MB", "6.5GB", "1024", "8gb", "8G", "1e9",
+                                                              "8GiB\n", "8  GiB", "-1", ".5GB", "1.5 KiB", ""]))
 values = st.recursive(st.one_of(scalars, names), lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.one_of(names, st.sampled_from(["after", "x"])), inner, max_size=4)),
     max_leaves=12)
 plans = st.fixed_dictionaries({}, optional={
     "version": st.one_of(st.just(1), scalars), "device": st.one_of(st.just("cuda"), scalars),
     "gpu_id": st.one_of(st.integers(-1, 3), scalars), "components": values, "exclude": values,
-    "policy": st.one_of(st.just("chain"), scalars), "pipeline": st.one_of(
+    "policy": st.one_of(st.sampled_from(["chain", "budget"]), scalars), "pipeline": st.one_of(
         st.fixed_dictionaries({}, optional={"class": names, "source": scalars, "torch_dtype": scalars,
                                             "variant": scalars, "extra": scalars}), scalars),
-    "budget": scalars, "device_map": scalars, "devcie": scalars})
+    "budget": st.one_of(sizes, scalars), "reserve": st.one_of(sizes, scalars), "keep_host_copy": scalars,
+    "uses": values, "device_map": scalars, "devcie": scalars})
 
 
 @settings(max_examples=1500, deadline=None)

@@ -120,3 +120,80 @@ def test_readme_table_lists_every_plan_with_its_class_and_sequence():
         plan = planner.load_plan(path)
         assert f"`{plan.pipeline_class}`" in listed[path.name], path.name
         assert f"`{' -> '.join(plan.sequence)}`" in listed[path.name], path.name
+
+
+# -- `uses`: the order one pipeline call really runs the components, measured on the tiny builds ------------------
+
+def _tiny_runs() -> list[tuple[str, str]]:
+    """(plan, tiny kind) for every library plan whose class a tiny build makes (a kind's own plans, and the plans
+    of the same class: sd3.5-large runs on the sd3 build)."""
+    from planner import tiny
+
+    by_class = {spec.pipeline: kind for kind, spec in tiny.KINDS.items()}
+    return [(path.stem, by_class[_raw(path)["pipeline"]["class"]]) for path in LIBRARY
+            if _raw(path)["pipeline"]["class"] in by_class]
+
+
+def _merged(names) -> list[str]:
+    """`names` with consecutive repeats of one component merged (SD runs its text encoder twice in a row)."""
+    return [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
+
+
+def _record_forwards(pipe, log: list[str]) -> None:
+    """Append a model component's name to `log` whenever any of its modules runs: a vae's `encode`/`decode` run
+    its encoder and decoder, never its own forward."""
+    import torch
+
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            for module in component.modules():
+                module.register_forward_pre_hook(lambda _module, _args, name=name: log.append(name))
+
+
+@pytest.mark.parametrize("plan, kind", _tiny_runs())
+def test_call_order_is_the_order_planner_apply_runs_the_components(plan, kind, tiny_builds, tmp_path, monkeypatch,
+                                                                   capsys):
+    """`planner apply --dry-run` of the plan on its tiny build: the components its forwards ran, in order
+    (consecutive repeats merged; components the plan neither schedules nor names in `uses` left out: own hooks,
+    exclusions), are the plan's `call_order`, less the components the build lacks (None: skipped)."""
+    pytest.importorskip("diffusers")
+    from PIL import Image
+
+    from planner import tiny
+    from planner.cli import main
+    from planner.executor import generate
+
+    if kind == "wan-i2v":
+        pytest.importorskip("ftfy", reason="WanImageToVideoPipeline needs ftfy to clean its prompts")
+    folder = tiny_builds[kind]
+    image = tmp_path / "input.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(image)
+    log: list[str] = []
+    pipes = []
+    load = generate.load_pipeline
+
+    def load_and_record(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        _record_forwards(pipe, log)
+        pipes.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(generate, "load_pipeline", load_and_record)
+    spec = tiny.KINDS[kind]
+    argv = ["apply", str(ROOT / "plans" / f"{plan}.yaml"), "--source", str(folder), "--dry-run", "--quiet",
+            *(["--image", str(image)] if spec.image else []), *spec.call_args]
+    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    library_plan = planner.load_plan(ROOT / "plans" / f"{plan}.yaml")
+    scheduled = set(library_plan.sequence) | set(library_plan.call_order)
+    present = {name for name, component in pipes[0].components.items() if component is not None}
+    recorded = _merged([name for name in log if name in scheduled])
+    assert recorded == _merged([name for name in library_plan.call_order if name in present])
+    assert len(recorded) >= 3  # an encoder, a denoiser and a decoder at least: the recorder saw the call
+
+
+@plans
+def test_uses_is_written_only_where_it_differs_from_the_sequence(path):
+    plan = planner.load_plan(path)
+    assert plan.uses is None or plan.uses != plan.sequence
+    if plan.uses is not None:
+        assert re.search(r"^# uses: ", path.read_text(encoding="utf-8"), re.MULTILINE), f"{path.name}: say why"

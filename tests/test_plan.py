@@ -30,6 +30,34 @@ def test_plan_fields():
     assert planner.load_plan(DATA / "good" / "sdxl-with-class.yaml").pipeline_class == "StableDiffusionXLPipeline"
 
 
+def test_a_chain_plan_has_the_budget_defaults_and_calls_in_its_sequence():
+    plan = planner.load_plan(DATA / "good" / "sdxl-dag.yaml")
+    assert (plan.budget, plan.reserve, plan.keep_host_copy, plan.uses) == (None, None, True, None)
+    assert plan.call_order == plan.sequence
+
+
+def test_budget_plan_fields_hold_bytes_and_the_call_order():
+    plan = planner.load_plan(DATA / "good" / "budget-policy.yaml")
+    assert (plan.policy, plan.budget, plan.reserve, plan.keep_host_copy) == ("budget", 8 << 30, 1_500_000_000, True)
+    assert plan.uses == plan.call_order == ("text_encoder", "vae", "unet", "vae", "safety_checker")
+    assert plan.sequence == ("text_encoder", "unet", "vae")
+    assert plan.locations["budget"] == (6, 1) and plan.locations["uses"] == (14, 1)
+
+
+def test_budget_overrides_are_parsed_and_checked_like_the_file(tmp_path):
+    good = DATA / "good" / "budget-policy.yaml"
+    assert planner.load_plan(good, {"budget": "6.5GB"}).budget == 6_500_000_000
+    assert planner.load_plan(good, {"budget": 1024, "keep_host_copy": False}).keep_host_copy is False
+    chain = planner.load_plan(DATA / "good" / "sdxl-dag.yaml", {"policy": "budget", "budget": "8GiB"})
+    assert (chain.policy, chain.budget) == ("budget", 8 << 30)
+    with pytest.raises(planner.PlanError) as info:
+        planner.load_plan(good, {"budget": "8gb"})
+    assert [str(p) for p in info.value.problems] == [
+        "--budget: PLN214 budget must be a size, not '8gb': did you mean '8GB'?"]
+    problems = planner.check(DATA / "good" / "sdxl-dag.yaml", {"budget": "8GiB"})
+    assert [(p.path, p.rule, p.severity) for p in problems] == [("--budget", "PLN217", "warning")]
+
+
 def test_unreadable_file_is_a_problem_not_an_exception(tmp_path):
     problems = planner.check(tmp_path)  # a folder cannot be read as a plan
     assert [p.rule for p in problems] == ["PLN000"]

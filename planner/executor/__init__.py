@@ -8,6 +8,11 @@ import importlib.util
 
 __all__ = ["AppliedPlan", "apply"]
 
+
+class CompatError(RuntimeError):
+    """The installed diffusers or accelerate moved an attribute the executor relies on (`compat.self_check`).
+    Defined here, without torch, so that the CLI can catch it before anything is imported."""
+
 # What the `apply` extra installs, as module name -> distribution name.
 APPLY_EXTRA = {"torch": "torch", "accelerate": "accelerate", "diffusers": "diffusers", "transformers": "transformers",
                "safetensors": "safetensors", "PIL": "pillow"}

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from planner.plan import Plan, Problem
+from planner.rules import PLN303
 
 
 def target(plan: Plan) -> torch.device:
@@ -41,10 +42,35 @@ def problems(plan: Plan, device: torch.device, at: Callable[..., Problem] | None
     at = at or plan.problem
     present = count(device.type)
     if present == 0:
-        return [at("device", "PLN303", f"no {device.type} device found", dry_run_hint)]
+        return [at("device", PLN303, f"no {device.type} device found", dry_run_hint)]
     if device.index >= present:
         key = "gpu_id" if plan.gpu_id is not None else "device"
-        return [at(key, "PLN303", f"{device} is beyond the {present} {device.type} device"
+        return [at(key, PLN303, f"{device} is beyond the {present} {device.type} device"
                    f"{'s' * (present != 1)} present (0..{present - 1})",
                    f"use an index below {present}, or {dry_run_hint}")]
     return []
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` now, as its backend reports them (`torch.cuda.mem_get_info` and its likes), or None
+    when this backend cannot say (then the budget policy needs a `budget`)."""
+    backend = getattr(torch, device.type, None)
+    info = getattr(backend, "mem_get_info", None)
+    if info is None:
+        return None
+    try:
+        free, _total = info(device)
+    except (RuntimeError, AssertionError, TypeError):  # no such device, or a backend that is not built in
+        return None
+    return int(free)
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the memory the caching allocator of `device` holds back to the device (nothing for the CPU)."""
+    backend = getattr(torch, device.type, None)
+    empty = getattr(backend, "empty_cache", None) if device.type != "cpu" else None
+    if empty is not None:
+        try:
+            empty()
+        except RuntimeError:  # not initialised: nothing to give back
+            pass

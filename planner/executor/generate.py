@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.plan import Plan, PlanError, Problem
+from planner.rules import PLN304, PLN305, PLN407, Rule
 
 # Plan keys a command-line flag can set: a problem with one of them is located at the flag when the flag set it.
 FLAGS = {"pipeline.source": "--source", "device": "--device", "gpu_id": "--gpu-id", "pipeline.torch_dtype": "--dtype",
-         "pipeline.variant": "--variant"}
+         "pipeline.variant": "--variant", "policy": "--policy", "budget": "--budget"}
 CLI_DRY_RUN = "run with --dry-run to trace the plan on the CPU"
 MODEL_INDEX_LIMIT = 1 << 20  # a model_index.json holds a few hundred bytes; a file this large is not one
 
@@ -75,12 +76,19 @@ def run(plan: Plan, request: Request) -> str:
     source = locate_source(plan, request, at)
     if not request.dry_run:
         check_device(plan, at)
+    from planner.executor import budget, compat, devices
     from planner.executor.applied import apply
 
+    compat.require()  # a diffusers that moved what the executor reads is found before the weights are loaded
+
+    budgeted = plan.policy == "budget"
+    size = budget.budget_for(plan, devices.target(plan), request.dry_run, at) if budgeted else None
     with console(request.progress):
         pipe = load_pipeline(plan, source, at)
         pipe.set_progress_bar_config(disable=not request.progress)
-        applied = apply(pipe, plan, dry_run=request.dry_run)
+        if budgeted and (problems := budget.budget_problems(pipe, plan, size, at)):
+            raise PlanError(problems)  # located at --budget when the flag set it; apply would say it at the plan
+        applied = apply(pipe, plan, dry_run=request.dry_run, calls=request.calls)
         try:
             images = _generate(applied, request)
             _write(applied, request, images)
@@ -93,9 +101,9 @@ def locator(plan: Plan, request: Request) -> Callable[..., Problem]:
     """`at(key, rule, message, fix)`: a problem located at the flag that set `key` when one did, else at the
     plan's `key`."""
 
-    def at(key: str, rule: str, message: str, fix: str = "") -> Problem:
+    def at(key: str, rule: Rule, message: str, fix: str | None = None) -> Problem:
         if key in request.overridden:
-            return Problem(FLAGS[key], 0, 0, rule, message, fix)
+            return rule.problem(FLAGS[key], message, fix)
         return plan.problem(key, rule, message, fix)
 
     return at
@@ -118,26 +126,26 @@ def locate_source(plan: Plan, request: Request, at: Callable[..., Problem] | Non
     spelled = FLAGS["pipeline.source"] if "pipeline.source" in request.overridden else "pipeline.source"
     name = request.source if request.source is not None else plan.pipeline_source
     if name is None:
-        raise PlanError([at("pipeline.source", "PLN304", "the plan names no pipeline to load",
+        raise PlanError([at("pipeline.source", PLN304, "the plan names no pipeline to load",
                             "add `pipeline: {source: FOLDER_OR_HUB_ID}` or pass --source")])
     if not name.strip():
-        raise PlanError([at("pipeline.source", "PLN304", f"the source {name!r} names no pipeline",
+        raise PlanError([at("pipeline.source", PLN304, f"the source {name!r} names no pipeline",
                             f"give {spelled} a folder or a hub id such as org/name")])
     folder = _folder(plan, name)
     if folder is None and _looks_local(name):
-        raise PlanError([at("pipeline.source", "PLN304", f"no pipeline folder at {name!r}",
+        raise PlanError([at("pipeline.source", PLN304, f"no pipeline folder at {name!r}",
                             "build one (planner tiny sd FOLDER) or give a hub id such as org/name")])
     if folder is None:
         return Source(name)
     problem, folder_class = _folder_class(folder)
     if problem:
-        raise PlanError([at("pipeline.source", "PLN304", problem, f"point {spelled} at a folder written by "
+        raise PlanError([at("pipeline.source", PLN304, problem, f"point {spelled} at a folder written by "
                             "save_pretrained (planner tiny sd FOLDER builds one)")])
-    from planner import rules, sizes
+    from planner import sizes
 
     if plan.variant and not sizes.has_variant(folder, plan.variant):  # diffusers refuses it only after imports
-        raise PlanError([at("pipeline.variant", "PLN407", f"no component of {str(folder)!r} has files of the "
-                            f"variant {plan.variant!r}", rules.PLN407.fix)])
+        raise PlanError([at("pipeline.variant", PLN407, f"no component of {str(folder)!r} has files of the "
+                            f"variant {plan.variant!r}", PLN407.fix)])
     return Source(str(folder), folder_class)
 
 
@@ -214,7 +222,7 @@ def load_pipeline(plan: Plan, source: Source | str | None = None, at: Callable[.
             return cls.from_pretrained(source.name, **kwargs)
     except Exception as exc:  # diffusers/hub errors of every kind: one line, never a traceback
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
-        raise PlanError([at("pipeline.source", "PLN304", f"cannot load the pipeline {source.name!r}{offline}: "
+        raise PlanError([at("pipeline.source", PLN304, f"cannot load the pipeline {source.name!r}{offline}: "
                             f"{type(exc).__name__}: {_first_line(exc)}",
                             "point pipeline.source (or --source) at a saved pipeline folder")]) from exc
 
@@ -269,9 +277,9 @@ def _generate(applied, request: Request):
         try:
             images = _pictures(applied(**_call_kwargs(applied.pipe, request)))
         except Exception as exc:  # the pipeline's own error, reported as one line
-            raise PlanError([Problem(applied.plan.path, 0, 0, "PLN305", f"the pipeline call failed: "
-                                     f"{type(exc).__name__}: {_first_line(exc)}",
-                                     "check --height/--width/--steps/--image")]) from exc
+            raise PlanError([PLN305.problem(applied.plan.path, f"the pipeline call failed: "
+                                            f"{type(exc).__name__}: {_first_line(exc)}",
+                                            "check --height/--width/--steps/--image")]) from exc
     return images
 
 
@@ -332,6 +340,8 @@ def summary(applied, request: Request, events: bool | None = None) -> str:
     loaded = "".join(f", {key} {value}" for key, value in (("torch_dtype", plan.torch_dtype),
                                                            ("variant", plan.variant)) if value)
     lines = [f"plan {plan.path}: {plan.offload_seq} on {applied.target}{loaded}{mode}"]
+    if applied.budget is not None:
+        lines.append(_policy_line(applied))
     if applied.skipped:
         lines.append(f"skipped (None in the pipeline, as diffusers does): {', '.join(applied.skipped)}")
     kept = sorted(plan.exclude - set(applied.skipped))
@@ -342,12 +352,16 @@ def summary(applied, request: Request, events: bool | None = None) -> str:
     for name, role in _running_order(plan, trace.sizes):
         lines.append(f"{name + role:<20}{_mb(trace.sizes[name]):>12}")
     lines.append("")
-    lines.append(f"{'call':<6}{'loaded':>12}{'offloaded':>12}{'peak resident':>16}{'time':>10}")
+    back = applied.copied_back  # the budget policy: evictions copy nothing back unless a weight changed
+    header = f"{'call':<6}{'loaded':>12}"
+    header += f"{'offloaded':>12}" if back is None else f"{'evicted':>12}{'copied back':>13}"
+    lines.append(f"{header}{'peak resident':>16}{'time':>10}")
     for stats in sorted(trace.calls.values(), key=lambda s: s.call):
         if stats.call > request.calls:
             continue
         seconds = f"{stats.seconds:.3f}s" if stats.seconds is not None else "-"
-        lines.append(f"{stats.call:<6}{_mb(stats.loaded_bytes):>12}{_mb(stats.offloaded_bytes):>12}"
+        copied = "" if back is None else f"{_mb(back.get(stats.call, 0)):>13}"
+        lines.append(f"{stats.call:<6}{_mb(stats.loaded_bytes):>12}{_mb(stats.offloaded_bytes):>12}{copied}"
                      f"{_mb(stats.peak_resident_bytes):>16}{seconds:>10}")
     if request.events if events is None else events:
         lines += _event_lines(trace, request.calls)
@@ -356,6 +370,18 @@ def summary(applied, request: Request, events: bool | None = None) -> str:
     if request.trace_json:
         lines.append(f"trace ({len(trace.events)} events) written to {request.trace_json}")
     return "\n".join(lines) + "\n"
+
+
+def _policy_line(applied) -> str:
+    """The budget policy's line: its budget, and how its schedule was made."""
+    from planner.units import human
+
+    schedule = applied.schedule
+    how = "schedule: the fewest bytes moved, exact" if schedule is not None and schedule.exact else \
+        (schedule.note if schedule is not None else "no schedule fits the budget")
+    copies = "host copies kept: an eviction copies back only weights changed on the device" \
+        if applied.plan.keep_host_copy else "no host copies: every eviction copies back"
+    return f"policy budget: {human(applied.budget)} on {applied.target} ({how}; {copies})"
 
 
 def _running_order(plan: Plan, sizes: dict) -> list[tuple[str, str]]:
@@ -420,4 +446,4 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_error(plan: Plan, key: str, message: str, fix: str) -> PlanError:
-    return PlanError([plan.problem(key, "PLN304", message, fix)])
+    return PlanError([plan.problem(key, PLN304, message, fix)])

@@ -3,8 +3,9 @@ what it catches, its fix and its severity, in one place. Checks refer to the obj
 message)`), never to an id written out; the README's rule table is `markdown_table()` (a test keeps them equal).
 
 Where the checks live, by concern: the file and its YAML (PLN0xx) in `planner.loader`; schema errors mapped onto
-rules (PLN1xx, and the keys whose own rule says more: PLN201, PLN206, PLN207, PLN213-215) in `planner.rules.schema`;
-the device (PLN202-205) in `planner.rules.device`; components and their order (PLN208-212) in `planner.rules.graph`;
+rules (PLN1xx, and the keys whose own rule says more: PLN201, PLN206, PLN207, PLN213-215, PLN218) in
+`planner.rules.schema`; the device (PLN202-205) in `planner.rules.device`; components and their order (PLN208-212,
+PLN216) in `planner.rules.graph`; the budget policy's keys (PLN217-219) in `planner.rules.policy`;
 the pipeline class against the shipped index (PLN5xx) in `planner.rules.pipeline`. PLN3xx arise when `planner
 apply` meets the loaded pipeline (the executor), PLN4xx when a model folder is read (`planner.sizes`). This module
 imports nothing but the values, so every layer can use it.
@@ -102,14 +103,27 @@ PLN211 = Rule("PLN211", "a cycle of `after` edges, reported with its path (`unet
               "remove one of these `after` entries")
 PLN212 = Rule("PLN212", "a component in two of `components`, `exclude` and `own_hook`",
               "keep it in one: offloaded in turn, kept on the device, or a hook of its own")
-PLN213 = Rule("PLN213", "a `policy` other than `chain` (the only one in this version)",
-              "write `policy: chain` or leave it out")
-PLN214 = Rule("PLN214", "a `budget` (reserved for the memory-budget policy)", "remove budget")
+PLN213 = Rule("PLN213", "a `policy` other than `chain` or `budget`",
+              "write `policy: chain` (diffusers' own offload, the default) or `policy: budget`")
+PLN214 = Rule("PLN214", "a `budget` or `reserve` that is not a size: negative, a float, an exponent (`1e9`), a unit "
+              "spelled otherwise (`8gb`, `8G`)", "write bytes (8589934592) or a number and a unit: B, KB, MB, GB, TB "
+              "(powers of 1000), KiB, MiB, GiB, TiB (powers of 1024), e.g. 8GiB, 512 MB, 6.5GB")
 PLN215 = Rule("PLN215", "a component name that is not an identifier",
               "use the attribute name, as in pipe.components (letters, digits, _)")
 PLN216 = Rule("PLN216", "a component without `pipe` while others name theirs (a combined pipeline hooks each connected "
               "pipeline with a chain of its own: every component says which)",
               "write `pipe: prior_pipe` (or the connected pipeline that runs it) on every component")
+
+# -- the budget policy's keys: planner.rules.policy ------------------------------------------------------------------
+PLN217 = Rule("PLN217", "`budget`, `reserve` or `keep_host_copy` in a plan whose policy is `chain` (the default), "
+              "which ignores them: diffusers' chain loads every component in turn, whatever the memory",
+              "write `policy: budget` to keep what fits within the budget, or remove the key", "warning")
+PLN218 = Rule("PLN218", 'a `uses` that is empty, or names a component the plan neither offloads nor excludes (with '
+              '"did you mean"), or one with a hook of its own (`own_hook`), which no policy schedules',
+              "name the plan's components (or exclusions) in the order one pipeline call uses them")
+PLN219 = Rule("PLN219", "a `uses` that leaves out a component the plan offloads: the budget policy does not expect "
+              "it to run, and loads it outside its schedule when it does",
+              "add it to uses where the pipeline calls it (or remove it from components)", "warning")
 
 # -- at apply time, against the loaded pipeline: planner.executor ------------------------------------------------
 PLN301 = Rule("PLN301", "a plan component the pipeline does not have, or that is not a model (lists what it has, "
@@ -125,6 +139,10 @@ PLN305 = Rule("PLN305", "a pipeline call that failed under `planner apply`", "ch
 PLN306 = Rule("PLN306", "a plan whose `pipe` entries do not match how the loaded pipeline hooks its connected "
               "pipelines (missing on a combined pipeline that hooks each with its own chain, naming the wrong one, "
               "or given for a pipeline with one chain)", "write the `pipe` the message names, or remove it")
+PLN307 = Rule("PLN307", "the budget policy cannot run within a budget here: no budget where the device's free memory "
+              "cannot be read (a dry run), or a budget (given, or free memory minus reserve) below the largest "
+              "component it moves plus the exclusions", "write budget: SIZE (or pass --budget), at least the size "
+              "the message names")
 
 # -- model folders, read without loading weights: planner.sizes -------------------------------------------------
 PLN401 = Rule("PLN401", "a source that is not a diffusers pipeline: a missing path, no model_index.json, an "
@@ -144,6 +162,13 @@ PLN407 = Rule("PLN407", "a variant that no component of the pipeline has",
               "leave the variant out, or name one the files have (diffusion_pytorch_model.<variant>.safetensors)")
 PLN408 = Rule("PLN408", "a hub id that cannot be read: offline, hub unreachable, gated",
               "go online (unset HF_HUB_OFFLINE), or download the model and name its folder")
+PLN409 = Rule("PLN409", "a `budget` below the largest component the plan offloads plus the excluded ones, which stay "
+              "resident (`planner validate --model`, with the sizes)",
+              "raise the budget to the least it names, or leave budget out (the free memory minus reserve)")
+PLN410 = Rule("PLN410", "sizes that do not match the plan (`planner simulate --sizes`): a component the plan "
+              "offloads, excludes or uses with no size, or a size for a name the plan does not have",
+              "give each plan component a size (`--sizes unet=4.78GiB,vae=160MiB`; `NAME=none` for one the "
+              "pipeline lacks), or read them from the model folder with --model")
 
 # -- the pipeline class, against the shipped index of diffusers pipelines: planner.rules.pipeline ------------------
 PLN501 = Rule("PLN501", '`pipeline.class` naming no diffusers pipeline class (with "did you mean")',

@@ -12,14 +12,16 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from planner import units
 from planner.fastschema import compile_schema, ecma_regex
-from planner.rules import PLN101, PLN102, PLN103, PLN104, PLN201, PLN206, PLN207, PLN213, PLN214, PLN215
+from planner.rules import PLN101, PLN102, PLN103, PLN104, PLN201, PLN206, PLN207, PLN213, PLN214, PLN215, PLN218
 from planner.rules.context import Context, did_you_mean
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schemas" / "plan.schema.json"
 _EXAMPLES = {"version": "version: 1", "device": "device: cuda", "components": "components: [text_encoder, unet, vae]"}
 # Schema errors under these keys get the key's own rule, whatever the schema keyword (see `_key_error`).
-_RULE_OF_KEY = {"version": PLN201, "policy": PLN213, "budget": PLN214, "device_map": PLN206}
+_RULE_OF_KEY = {"version": PLN201, "policy": PLN213, "budget": PLN214, "reserve": PLN214, "device_map": PLN206}
+_POLICIES = ("chain", "budget")
 # Checked by `planner.rules.device` alone (it also serves the executor), so the schema's errors there are not repeated.
 _DEVICE_KEYS = ("device", "gpu_id")
 _TYPE_WORDS = {"integer": "an integer", "string": "a string", "array": "a list", "object": "a mapping",
@@ -163,10 +165,13 @@ def _error(ctx: Context, err) -> None:
         _key_error(ctx, path[0], path, err.instance)
     elif path == ("components",) and err.validator in ("minItems", "minProperties"):
         ctx.add(path, PLN207, "components is empty")
+    elif path == ("uses",) and err.validator == "minItems":
+        ctx.add(path, PLN218, "uses is empty", "list the components in the order one pipeline call uses them, or "
+                "leave uses out (the sequence is the order)")
     elif "propertyNames" in err.schema_path:  # a key (a component name): located at the key itself
         at = path + (err.instance,)
         ctx.add(at, PLN215, f"{ctx.describe(at, err.instance)} is not a component name", key=True)
-    elif err.validator == "pattern" and path[:1] in (("components",), ("exclude",)):
+    elif err.validator == "pattern" and path[:1] in (("components",), ("exclude",), ("own_hook",), ("uses",)):
         ctx.add(path, PLN215, f"{ctx.describe(path, err.instance)} is not a component name")
     elif err.validator == "type":
         _type_error(ctx, path, name, err)
@@ -213,10 +218,13 @@ def _key_error(ctx: Context, key: str, path: tuple, value) -> None:
     if key == "version":
         ctx.add(path, PLN201, f"version {shown} is not supported")
     elif key == "policy":
-        ctx.add(path, PLN213, f"policy {shown} is not available in this version")
-    elif key == "budget":
-        ctx.add(path, PLN214, "budget is reserved for the memory-budget policy, which this version does not have",
-                key=True)
+        hint = ctx.suggest.closest(value, _POLICIES) if isinstance(value, str) else None
+        ctx.add(path, PLN213, f"policy {shown} is not a policy", did_you_mean([hint]) if hint else None)
+    elif key in ("budget", "reserve"):
+        hint = units.suggest(value)
+        negative = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+        why = " (a size is never negative)" if negative else ""
+        ctx.add(path, PLN214, f"{key} must be a size, not {shown}{why}", did_you_mean([hint]) if hint else None)
     else:
         ctx.add(path, PLN206, "a plan cannot have a device_map: model offloading and device maps cannot be combined",
                 key=True)
