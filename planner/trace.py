@@ -58,6 +58,7 @@ class Trace:
     keep_calls: int = 1000
     dropped_calls: int = 0
     started: float | None = field(default=None, repr=False)  # when the current call began (a clock reading)
+    carried: int = 0  # bytes resident when the current call began (kept from the call before)
 
     def load(self, component: str, reason: str | None = None) -> None:
         if component not in self.resident:
@@ -90,6 +91,7 @@ class Trace:
             stats.seconds = now - self.started
         self.started = None
         self.call += 1
+        self.carried = self.resident_bytes()
         oldest = self.call - self.keep_calls
         cut = bisect_left(self.events, oldest, key=lambda e: e.call)  # events are in call order
         if cut:
@@ -104,8 +106,8 @@ class Trace:
 
     def _stats(self) -> CallStats:
         stats = self.calls.get(self.call)
-        if stats is None:
-            stats = self.calls[self.call] = CallStats(self.call)
+        if stats is None:  # what stayed on the device from the call before is resident in this one from its start
+            stats = self.calls[self.call] = CallStats(self.call, peak_resident_bytes=self.carried)
         return stats
 
     def _record(self, kind: str, component: str, reason: str | None) -> None:
