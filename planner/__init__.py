@@ -1,17 +1,21 @@
 """offload-planner: declarative, checked model CPU offload plans for diffusers pipelines.
 
 The core (`load_plan`, `check`, `Plan`, `Problem`, `PlanError`) imports neither torch nor diffusers; `apply`
-and `AppliedPlan` load the executor, which does, on first use. The values are imported here; the driver
-(`planner.validate`: the loader, yaml, the rules) on first use of `load_plan` or `check`.
+and `AppliedPlan` load the executor, which does, on first use. Everything is imported on first use: the values
+(`planner.plan`), the driver (`planner.validate`: the loader, yaml, the rules), the executor.
 """
-
-from planner.plan import Plan, PlanError, Problem
 
 __all__ = ["AppliedPlan", "Plan", "PlanError", "Problem", "apply", "check", "load_plan"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
+    # Nothing is imported with the package itself: the console script's guard (planner.console) then covers every
+    # module of the command, so Ctrl-C at any moment is one line.
+    if name in ("Plan", "PlanError", "Problem"):
+        from planner import plan
+
+        return getattr(plan, name)
     if name in ("check", "load_plan"):
         from planner import validate
 

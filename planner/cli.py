@@ -7,6 +7,7 @@ importing torch: a mistake costs what `validate` costs, never a long run.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import os
@@ -51,13 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_output()
         return 141
+    except OSError as exc:  # stdout on a full disk or a device that refuses it (planner inspect DIR > /dev/full)
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        _discard_output(keep_stderr=True)
+        sys.stderr.write(f"planner: error: cannot write the output: {exc.strerror or exc}\n")
+        return 2
 
 
-def _discard_output() -> None:
+# Errors of writing the output itself (not of a file the command reads): a full disk, a quota, a device error.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _discard_output(keep_stderr: bool = False) -> None:
     """Point stdout and stderr at /dev/null, as Python's documentation advises on a broken pipe: what is still
     buffered is flushed there at exit instead of failing again with an "Exception ignored" message."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout,) if keep_stderr else (sys.stdout, sys.stderr):
         try:
             os.dup2(devnull, stream.fileno())
         except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (captured, closed)
@@ -354,10 +365,14 @@ def _init(args, parser) -> int:
     from planner import scaffold
     from planner.rules.device import device_problems
 
+    if args.variant == "":
+        _usage(parser, "init", "--variant: an empty name: leave --variant out, or name one (fp16)")
     if args.output is not None:
         problem = _output_problem(args.output)
+        if problem is None and args.model is not None:
+            problem = _clobbers(args.output, [], [args.model] if os.path.isdir(args.model) else [])
         if problem is None and os.path.lexists(args.output) and not args.force:
-            problem = f"{args.output!r} exists: pass --force to overwrite it"
+            problem = f"{visible(args.output)!r} exists: pass --force to overwrite it"
         if problem:
             _usage(parser, "init", problem)
     found = device_problems(args.device, None)
@@ -390,7 +405,7 @@ def _init(args, parser) -> int:
     os.umask(umask)
     os.chmod(out.name, 0o666 & ~umask)  # as an ordinary new file, not the temporary file's 0600
     os.replace(out.name, target)  # never a half-written plan, even when interrupted
-    print(f"wrote {args.output}")
+    print(f"wrote {visible(args.output)}")
     return 0
 
 
@@ -415,6 +430,12 @@ def _apply(args, parser) -> int:
         plan = load_plan(_existing(args.plan, parser, "apply"), overrides)
     except PlanError as exc:
         return _fail(exc.problems)
+    source = args.source or plan.pipeline_source
+    folders = [s for s in (source, os.path.join(os.path.dirname(args.plan), source or "")) if s and os.path.isdir(s)]
+    for flag, value in (("--out", args.out), ("--trace-json", args.trace_json)):
+        problem = value and _clobbers(value, [args.plan, args.image], folders)
+        if problem:
+            _usage(parser, "apply", f"{flag}: {problem}")
     from planner.executor import CompatError, generate  # no torch: run() checks the source folder before it does
 
     try:
@@ -494,7 +515,7 @@ def _simulate(args, parser) -> int:
         except OSError as exc:
             sys.stderr.write(f"planner simulate: error: {exc}\n")
             return 1
-        (sys.stdout if args.format == "text" else sys.stderr).write(f"timeline written to {args.plot}\n")
+        (sys.stdout if args.format == "text" else sys.stderr).write(f"timeline written to {visible(args.plot)}\n")
     return 0
 
 
@@ -582,6 +603,26 @@ def _apply_path_problem(args) -> str | None:
         return f"--out and --trace-json name the same file {args.out!r}: give each its own"
     if args.image is not None and (problem := _image_problem(args.image)):
         return f"--image: {problem}"
+    return None
+
+
+def _clobbers(output: str, files: list, folders: list) -> str | None:
+    """Why writing `output` would destroy an input of the run, or None: it is one of the `files` read (the plan, an
+    image), or an existing file inside one of the model `folders` (its model_index.json, a weights file)."""
+    if not os.path.lexists(output):
+        return None
+    try:
+        target = Path(output).resolve()
+        for name in files:
+            if name and os.path.exists(name) and os.path.samefile(name, output):
+                return f"{visible(output)!r} is {visible(name)!r}, which this run reads: name another file"
+        for folder in folders:
+            root = Path(folder).resolve()
+            if root in target.parents:
+                return (f"{visible(output)!r} is a file of {visible(folder)!r}, the model folder this run reads: "
+                        "name a file outside it")
+    except (OSError, RuntimeError):  # a path that cannot be resolved is for _output_problem to name
+        return None
     return None
 
 

@@ -614,7 +614,9 @@ def _entry_problem(name: str, entry) -> str:
         return f"tensor {name!r} has data_offsets that are not [begin, end] with 0 <= begin <= end"
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     span = offsets[1] - offsets[0]
-    return f"tensor {name!r} ({dtype} {shape}) needs {bits / 8:,g} bytes, its data_offsets span {span:,}"
+    needs = f"{bits // 8:,}" if bits < 1 << 80 else "more than 2**77"  # a shape can be absurd: never a float here
+    shown = str(shape) if len(str(shape)) <= 80 else str(shape)[:77] + "..."
+    return f"tensor {name!r} ({dtype} {shown}) needs {needs} bytes, its data_offsets span {span:,}"
 
 
 def _naturals(value) -> bool:
@@ -937,11 +939,20 @@ def has_variant(folder: str | os.PathLike, variant: str) -> bool:
 
 
 def human(n: int) -> str:
-    """Bytes in binary units with two decimals: 5134927368 -> '4.78 GiB'."""
+    """Bytes in binary units with two decimals: 5134927368 -> '4.78 GiB' (integer arithmetic: any size prints)."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
-            return f"{n / scale:.2f} {unit}"
+            return f"{_hundredths(n, scale)} {unit}"
     return f"{n} B"
+
+
+def _hundredths(n: int, scale: int) -> str:
+    """`n / scale` with two decimals, rounded half to even as float formatting does, without a float (a size
+    beyond 1e308 would overflow one)."""
+    q, r = divmod(n * 100, scale)
+    if 2 * r > scale or (2 * r == scale and q % 2):
+        q += 1
+    return f"{q // 100}.{q % 100:02d}"
 
 
 def render_text(sizes: ModelSizes) -> str:

@@ -40,7 +40,9 @@ def parse_size(value: object) -> int:
     for anything else: a bool, a float, a negative number, an exponent, a unit spelled another way.
     """
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return _bounded(value, value)
+    if isinstance(value, str) and len(value) > MAX_TEXT:  # before any int(): Python refuses 4,300 digits itself
+        raise ValueError(f"{value[:20]!r}... ({len(value)} characters) is not a size: a size is {ACCEPTED}")
     match = _SIZE.fullmatch(value) if isinstance(value, str) else None
     if match is None or (match.group(2) is None and not match.group(1).isdigit()):
         hint = suggest(value)
@@ -48,7 +50,21 @@ def parse_size(value: object) -> int:
         meant = f" (did you mean {hint!r}?)" if hint else ""
         raise ValueError(f"{value!r} {why}{meant}: a size is {ACCEPTED}")
     number, unit = match.groups()
-    return int(number) * UNITS[unit or "B"] if number.isdigit() else _fraction(number, UNITS[unit])
+    size = int(number) * UNITS[unit or "B"] if number.isdigit() else _fraction(number, UNITS[unit])
+    return _bounded(size, value)
+
+
+# The largest size taken: 16 EiB, what a 64-bit byte count holds (no device or host comes near it); a longer text
+# cannot spell a size at all.
+MAX_SIZE = (1 << 64) - 1
+MAX_TEXT = 40
+
+
+def _bounded(size: int, value: object) -> int:
+    if size > MAX_SIZE:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"{shown} is too large: a size is at most {MAX_SIZE} bytes (16 EiB)")
+    return size
 
 
 def _fraction(number: str, scale: int) -> int:
@@ -101,7 +117,9 @@ def human(n: int) -> str:
 
     The text parses back with `parse_size` (to within the rounding of the two decimals).
     """
+    from planner.sizes import _hundredths  # one integer rounding for both (a float overflows past 1e308)
+
     for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
-            return f"{n / scale:.2f} {unit}"
+            return f"{_hundredths(n, scale)} {unit}"
     return f"{n} B"

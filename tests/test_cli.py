@@ -790,3 +790,84 @@ def test_apply_loads_the_variant_at_the_dtype_and_says_so(tiny_pipelines, tmp_pa
                      "unet": inspected["unet"]["bytes_at_dtype"], "vae": inspected["vae"]["bytes_at_dtype"]}
     code, _, err = run(capsys, "apply", str(EXAMPLE), "--source", str(folder), "--dry-run", "--steps", "1")
     assert code == 1 and "PLN304 cannot load the pipeline" in err  # without the variant: the damaged files
+
+
+# -- outputs never destroy the run's inputs; a full disk and an early Ctrl-C are one line -----------------------
+
+
+def test_apply_outputs_never_overwrite_the_plan_or_the_model_folder(tiny_pipelines, tmp_path, capsys):
+    plan = tmp_path / "p.yaml"
+    plan.write_text(EXAMPLE.read_text())
+    folder = tiny_pipelines["sd"]
+    index = (Path(folder) / "model_index.json").read_text()
+    for flag, target in (("--trace-json", plan), ("--out", plan), ("--trace-json", Path(folder) / "model_index.json")):
+        argv = ["apply", str(plan), "--source", str(folder), "--dry-run", flag, str(target)]
+        if flag == "--out":
+            argv[-1] = str(tmp_path / "p.png")
+            from PIL import Image
+
+            Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+            argv += ["--image", str(tmp_path / "p.png")]
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2, argv
+        assert "this run reads" in capsys.readouterr().err
+    assert plan.read_text() == EXAMPLE.read_text() and (Path(folder) / "model_index.json").read_text() == index
+
+
+def test_init_never_overwrites_a_file_of_the_model_folder_it_reads(tiny_pipelines, capsys):
+    folder = Path(tiny_pipelines["sd"])
+    index = (folder / "model_index.json").read_text()
+    with pytest.raises(SystemExit) as caught:
+        main(["init", "--model", str(folder), "-o", str(folder / "model_index.json"), "--force"])
+    assert caught.value.code == 2 and "the model folder this run reads" in capsys.readouterr().err
+    assert (folder / "model_index.json").read_text() == index
+
+
+def test_init_refuses_an_empty_variant(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["init", "--pipeline-class", "StableDiffusionPipeline", "--variant", ""])
+    assert caught.value.code == 2 and "an empty name" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["init", "--pipeline-class", "StableDiffusionPipeline"], ["schema"],
+                                  ["show", str(GOOD / "sdxl-dag.yaml")]])
+def test_a_full_disk_on_stdout_is_one_line_and_exit_2(argv):
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "planner.cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == "planner: error: cannot write the output: No space left on device\n"
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(monkeypatch, capsys):
+    import importlib.abc
+
+    from planner import console
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "planner.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "planner.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    assert console.main() == 130
+    assert capsys.readouterr().err == "planner: interrupted\n"
+
+
+def test_sizes_beyond_any_memory_are_problems_not_tracebacks(capsys):
+    from planner import sizes, units
+
+    huge = "9" * 400
+    with pytest.raises(ValueError, match="too large"):
+        units.parse_size("9" * 23 + "TiB")
+    with pytest.raises(ValueError, match="is not a size"):
+        units.parse_size("9" * 5000)  # before Python's own 4,300-digit limit speaks
+    assert units.human(10 ** 400).endswith(" TiB") and sizes.human(10 ** 400).endswith(" GiB")
+    assert units.human(5134927368) == sizes.human(5134927368) == "4.78 GiB"
+    with pytest.raises(SystemExit) as caught:
+        main(["simulate", str(ROOT / "plans" / "sdxl-base.yaml"), "--budget", huge])
+    assert caught.value.code == 2 and "Traceback" not in capsys.readouterr().err

@@ -24,7 +24,7 @@ except ImportError:  # an optional oracle: check-jsonschema's regex engine
     ("8GiB", 8 << 30), ("512 MB", 512_000_000), ("6.5GB", 6_500_000_000), ("1024", 1024), ("0", 0), ("0B", 0),
     ("1KB", 1000), ("1KiB", 1024), ("2MiB", 2 << 20), ("3TB", 3 * 10**12), ("1TiB", 1 << 40), ("1.5KiB", 1536),
     ("0.1B", 0), ("1.999B", 1), ("7.0000001GiB", 7 * 2**30 + 107), ("00012 B", 12),
-    ("99999999999999999999TiB", 99999999999999999999 << 40)])
+    ("16777215TiB", 16777215 << 40), ("18446744073709551615", (1 << 64) - 1)])
 def test_sizes_parse_to_whole_bytes_rounded_down(text, expected):
     assert parse_size(text) == expected
 
@@ -130,3 +130,15 @@ def test_check_jsonschema_accepts_the_sizes_validate_accepts(tmp_path):
     refused = {Path(error["filename"]).name for error in json.loads(proc.stdout)["errors"]}
     for path, value in zip(files, values, strict=True):
         assert (path.name not in refused) == _accepted(value), value
+
+
+def test_a_size_beyond_16_eib_is_refused_by_parse_and_by_validate(tmp_path):
+    import planner
+
+    with pytest.raises(ValueError, match="too large"):
+        parse_size((1 << 64))
+    with pytest.raises(ValueError, match="too large"):
+        parse_size("16777216TiB")
+    plan = tmp_path / "p.yaml"
+    plan.write_text("version: 1\ndevice: cuda\npolicy: budget\nbudget: 16777216TiB\ncomponents: [unet]\n")
+    assert [p.rule for p in planner.check(plan)] == ["PLN214"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.plan import Plan, PlanError, Problem
+from planner.report.common import visible
 from planner.rules import PLN304, PLN305, PLN407, Rule
 
 # Plan keys a command-line flag can set: a problem with one of them is located at the flag when the flag set it.
@@ -366,9 +367,9 @@ def summary(applied, request: Request, events: bool | None = None) -> str:
     if request.events if events is None else events:
         lines += _event_lines(trace, request.calls)
     if request.out:
-        lines.append(f"\nimage written to {request.out}")
+        lines.append(f"\nimage written to {visible(request.out)}")
     if request.trace_json:
-        lines.append(f"trace ({len(trace.events)} events) written to {request.trace_json}")
+        lines.append(f"trace ({len(trace.events)} events) written to {visible(request.trace_json)}")
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 
-from planner.rules import PLN217, PLN218, PLN219
+from planner import units
+from planner.rules import PLN214, PLN217, PLN218, PLN219
 from planner.rules.context import Context, did_you_mean, some
 
 BUDGET_KEYS = ("budget", "reserve", "keep_host_copy")  # meaningful to the budget policy alone
@@ -30,6 +31,11 @@ def check(ctx: Context, names: list[str], excluded: list[str], own_hook: list[st
     """PLN217 for each budget key of a chain plan, PLN218 for each `uses` entry the plan neither offloads nor
     excludes, PLN219 for each offloaded component that `uses` leaves out."""
     data = ctx.data
+    for key in ("budget", "reserve"):  # the schema's pattern takes any number of digits; a size has a bound
+        value = data.get(key)
+        if isinstance(value, (int, str)) and not isinstance(value, bool) and _too_large(value):
+            ctx.add((key,), PLN214, f"{key} {ctx.describe((key,), value)[:40]} is too large: a size is at most "
+                    f"{units.MAX_SIZE} bytes (16 EiB)")
     if data.get("policy", "chain") == "chain":
         chain = "policy chain" if "policy" in data else "policy chain (the default)"
         for key in BUDGET_KEYS:
@@ -65,3 +71,17 @@ def _uses(ctx: Context, uses: list, names: list[str], excluded: list[str], own_h
         if name not in used:
             ctx.add(("uses",), PLN219, f"uses leaves out {name!r}, which the plan offloads: the budget policy does "
                     "not expect it to run, and loads it outside its schedule when it does", key=True)
+
+
+def _too_large(value: int | str) -> bool:
+    """A size the schema took (its grammar) that `planner.units.parse_size` refuses for its magnitude or length;
+    a value outside the grammar is the schema's PLN214 already."""
+    if isinstance(value, int):
+        return value > units.MAX_SIZE
+    if not re.fullmatch(units.SIZE_PATTERN, value):
+        return False
+    try:
+        units.parse_size(value)
+    except ValueError:
+        return True
+    return False
