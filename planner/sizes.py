@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Iterable, Mapping, NamedTuple
 
-from planner import index
+from planner import index, units
 from planner import rules as _rules
 from planner.plan import Plan, Problem
 from planner.rules import PLN301, PLN304, PLN401, PLN402, PLN403, PLN404, PLN405, PLN406, PLN407, PLN408, PLN409, Rule
@@ -939,20 +939,8 @@ def has_variant(folder: str | os.PathLike, variant: str) -> bool:
 
 
 def human(n: int) -> str:
-    """Bytes in binary units with two decimals: 5134927368 -> '4.78 GiB' (integer arithmetic: any size prints)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{_hundredths(n, scale)} {unit}"
-    return f"{n} B"
-
-
-def _hundredths(n: int, scale: int) -> str:
-    """`n / scale` with two decimals, rounded half to even as float formatting does, without a float (a size
-    beyond 1e308 would overflow one)."""
-    q, r = divmod(n * 100, scale)
-    if 2 * r > scale or (2 * r == scale and q % 2):
-        q += 1
-    return f"{q // 100}.{q % 100:02d}"
+    """Bytes in binary units with two decimals, up to GiB: 5134927368 -> '4.78 GiB' (`planner.units.human`)."""
+    return units.human(n, largest="GiB")
 
 
 def render_text(sizes: ModelSizes) -> str:

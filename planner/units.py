@@ -112,14 +112,23 @@ def _exponent(value: str) -> str | None:
     return str(digits // 10 ** -shift) if digits % 10 ** -shift == 0 else None
 
 
-def human(n: int) -> str:
-    """Bytes in binary units with two decimals, the way reports show them: 5134927368 -> '4.78 GiB', 512 -> '512 B'.
+def human(n: int, largest: str = "TiB") -> str:
+    """Bytes in binary units with two decimals, the way reports show them: 5134927368 -> '4.78 GiB', 512 -> '512 B';
+    `largest` is the largest unit used (`planner inspect` stops at GiB).
 
-    The text parses back with `parse_size` (to within the rounding of the two decimals).
+    The text parses back with `parse_size` (to within the rounding of the two decimals). Integer arithmetic only: a
+    size past 1e308 bytes would overflow a float.
     """
-    from planner.sizes import _hundredths  # one integer rounding for both (a float overflows past 1e308)
-
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    scales = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+    for unit, scale in scales[[u for u, _ in scales].index(largest):]:
         if n >= scale:
             return f"{_hundredths(n, scale)} {unit}"
     return f"{n} B"
+
+
+def _hundredths(n: int, scale: int) -> str:
+    """`n / scale` with two decimals, rounded half to even as float formatting does, without a float."""
+    q, r = divmod(n * 100, scale)
+    if 2 * r > scale or (2 * r == scale and q % 2):
+        q += 1
+    return f"{q // 100}.{q % 100:02d}"
