@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from planner.rules import schema
@@ -68,9 +68,11 @@ def test_human_writes_binary_units_with_two_decimals(n, text):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 1 << 60))
+@example(1152)  # 1.125 KiB shows as "1.12 KiB" (half to even), which parses back 6 bytes short
 def test_human_parses_back_to_within_its_rounding(n):
+    """Two decimals of a unit no larger than n are off by at most n / 200; parsing rounds down one byte more."""
     back = parse_size(human(n))
-    assert abs(back - n) <= max(1, n // 200)
+    assert abs(back - n) <= n / 200 + 1
 
 
 def test_the_schema_pattern_is_the_grammar():
