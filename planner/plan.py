@@ -67,6 +67,10 @@ class Plan:
     reserve: int | None = None  # bytes kept free for activations when the budget comes from the free memory
     keep_host_copy: bool = True  # keep unchanged weights on the host too: an eviction moves nothing back
     uses: tuple[str, ...] | None = None  # the components in the order one pipeline call uses them, when not `sequence`
+    granularity: str = "component"  # what the budget policy moves: "component" or "block" (planner.blocks)
+    steps: int | None = None  # denoising steps per call, for the block schedule (None: 1, or the caller's)
+    prefetch: bool = True  # block granularity: copy the next streamed block while the current one computes
+    pin: str = "auto"  # pin the host copies of streamed blocks: "auto", "true" or "false" (planner.host)
     own_hook: frozenset[str] = frozenset()
     pipes: Mapping[str, str] = field(default_factory=dict)  # component -> its connected pipeline (combined classes)
     pipeline_class: str | None = None

@@ -119,6 +119,11 @@ def _budget_keys(data: dict) -> dict:
         found["keep_host_copy"] = data["keep_host_copy"]
     if "uses" in data:
         found["uses"] = tuple(data["uses"])
+    for key in ("granularity", "steps", "prefetch"):
+        if key in data:
+            found[key] = data[key]
+    if "pin" in data:
+        found["pin"] = str(data["pin"]).lower()  # true/false as YAML booleans or as strings
     return found
 
 

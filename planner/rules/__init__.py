@@ -115,7 +115,8 @@ PLN216 = Rule("PLN216", "a component without `pipe` while others name theirs (a 
               "write `pipe: prior_pipe` (or the connected pipeline that runs it) on every component")
 
 # -- the budget policy's keys: planner.rules.policy ------------------------------------------------------------------
-PLN217 = Rule("PLN217", "`budget`, `reserve` or `keep_host_copy` in a plan whose policy is `chain` (the default), "
+PLN217 = Rule("PLN217", "`budget`, `reserve`, `keep_host_copy`, `granularity`, `prefetch` or `pin` in a plan whose "
+              "policy is `chain` (the default), "
               "which ignores them: diffusers' chain loads every component in turn, whatever the memory",
               "write `policy: budget` to keep what fits within the budget, or remove the key", "warning")
 PLN218 = Rule("PLN218", 'a `uses` that is empty, or names a component the plan neither offloads nor excludes (with '

@@ -23,7 +23,7 @@ from planner import units
 from planner.rules import PLN214, PLN217, PLN218, PLN219
 from planner.rules.context import Context, did_you_mean, some
 
-BUDGET_KEYS = ("budget", "reserve", "keep_host_copy")  # meaningful to the budget policy alone
+BUDGET_KEYS = ("budget", "reserve", "keep_host_copy", "granularity", "prefetch", "pin")  # the budget policy's alone
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the schema's name pattern: anything else is PLN215 already
 
 
