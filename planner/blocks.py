@@ -14,7 +14,8 @@ loaded just before it runs and dropped right after. A block kept into or out of 
 
 The budget holds at every moment, blocks in flight included: during a pass, the blocks held or kept across it
 plus room for the streamed blocks in flight (the largest block the pass streams, twice with `prefetch`: the next
-one is copied while the current one computes) never exceed the budget minus the resident components (the plan's exclusions).
+one is copied while the current one computes) never exceed the budget minus the resident components (the plan's
+exclusions).
 Counting a held block over its whole pass and the largest streamed blocks as in flight makes the figure an upper
 bound on the real peak whatever order the blocks run in, so the executor can follow the schedule as it is.
 
@@ -38,9 +39,11 @@ from planner.sizes import REST
 
 # The components that run once per denoising step (a pipeline's denoiser), when the plan does not name them.
 DENOISERS = frozenset({"unet", "transformer", "transformer_2", "prior", "decoder", "transformer_3d"})
-# The program counts MiB (HiGHS's tolerances are absolute: bytes, up to 1e11, would drown them); the schedule it
-# returns is checked again in whole bytes.
-SCALE = float(1 << 20)
+# The program counts in units of the room over UNITS (HiGHS's tolerances are absolute: bytes, up to 1e11, would
+# drown them, and a fixed unit would drown small sizes); the schedule it returns is checked again in whole bytes,
+# and solved again with the room cut by what it passed, should the tolerance have let it pass by a few bytes.
+UNITS = 4096.0
+TRIES = 4
 TIME_LIMIT = 60.0  # seconds HiGHS may search before the best schedule found so far is taken (exact=False)
 
 
@@ -49,8 +52,8 @@ class BlockError(ValueError):
 
 
 class BlocksTooSmall(BlockError):
-    """The budget cannot hold what one pass needs: the resident components and REST of the used component plus
-    room for its largest block in flight (twice with prefetch). `needed` is the least budget that works."""
+    """The budget cannot hold what one pass needs (`Model.least_budget`): the resident components, REST of the
+    used component and its blocks held or in flight. `needed` is the least budget that works."""
 
     def __init__(self, budget: int, needed: int, component: str):
         from planner.units import human
@@ -177,11 +180,14 @@ class Model:
 
     def least_budget(self) -> tuple[int, str]:
         """The least budget any schedule needs, and the component whose pass needs it: the resident bytes plus,
-        for the worst pass, REST held and its largest blocks in flight (everything else dropped)."""
+        for the worst pass, the least it can run in with everything else dropped: REST and the blocks above some
+        size v held, the others streamed with room for v in flight (once, or twice with prefetch)."""
         worst, component = 0, ""
         for p in self.passes:
-            largest = max((self.size((p.component, b)) for b in p.blocks if b != REST), default=0)
-            need = (self.size((p.component, REST)) if REST in p.blocks else 0) + self.in_flight * largest
+            sizes = sorted((self.size((p.component, b)) for b in p.blocks if b != REST), reverse=True)
+            rest = self.size((p.component, REST)) if REST in p.blocks else 0
+            need = rest + min(sum(sizes[:i]) + self.in_flight * (sizes[i] if i < len(sizes) else 0)
+                              for i in range(len(sizes) + 1))
             if need > worst:
                 worst, component = need, p.component
         return self.resident_bytes + worst, component
@@ -295,7 +301,14 @@ def solve(model: Model, *, time_limit: float = TIME_LIMIT) -> BlockSchedule:
     program = _Program(model)
     if not program.variables:
         return BlockSchedule(model, {}, {}, bound=0.0)
-    return program.solve(time_limit)
+    cut = 0
+    for _ in range(TRIES):
+        found = program.solve(time_limit, cut)
+        if not found.over_budget:
+            return found
+        cut += found.peak_bytes - model.budget
+    raise BlockError(f"the solver's schedule holds {found.peak_bytes} bytes, over the budget of {model.budget}, "
+                     f"after {TRIES} tries: a numerical tolerance; please report it")
 
 
 class _Program:
@@ -322,18 +335,20 @@ class _Program:
     def variables(self) -> int:
         return self.binaries
 
-    def solve(self, time_limit: float) -> BlockSchedule:
+    def solve(self, time_limit: float, cut: int = 0) -> BlockSchedule:
+        """The optimum with the room cut by `cut` bytes (see TRIES); not yet checked in whole bytes."""
         import numpy as np
         from scipy.optimize import Bounds, LinearConstraint, linprog, milp
         from scipy.sparse import coo_array
 
         model, index = self.model, self.index
+        scale = max(model.room, 1) / UNITS
         n = len(index)
         cost = np.zeros(n)
         constant = 0.0
         for key in model.keys:  # per run j: a load unless kept into it, and one per further forward if streamed
             runs = model.runs_of[key]
-            size = model.size(key) / SCALE
+            size = model.size(key) / scale
             for j, p in enumerate(runs):
                 repeat = model.passes[p].repeat
                 cost[index[("y", key, (j - 1) % len(runs))]] -= size
@@ -363,7 +378,7 @@ class _Program:
             ran = set(p.blocks)
             entries: list[tuple[int, float]] = []
             for key in model.keys:
-                size = model.size(key) / SCALE
+                size = model.size(key) / scale
                 if key[0] == p.component and key[1] in ran:
                     j = model.runs_of[key].index(p.index)
                     h = index[("h", key, j)]
@@ -373,7 +388,7 @@ class _Program:
                 else:
                     entries.append((index[("y", key, model.gap_at(key, p.index))], size))
             entries.append((index[("w", p.index)], float(k)))
-            row(entries, -inf, model.room / SCALE)
+            row(entries, -inf, (model.room - cut) / scale)
         matrix = coo_array((vals, (rows, cols)), shape=(len(lower), n)).tocsr()
         integrality = np.zeros(n)
         integrality[: self.binaries] = 1
@@ -388,7 +403,7 @@ class _Program:
         constraints = LinearConstraint(matrix, np.array(lower), np.array(upper))
         relaxed = linprog(cost, bounds=list(zip(lo, hi, strict=True)), method="highs",
                           **_as_linprog(matrix, lower, upper))
-        bound = None if relaxed.status != 0 else max(0.0, constant + relaxed.fun) * SCALE
+        bound = None if relaxed.status != 0 else max(0.0, constant + relaxed.fun) * scale
         with _quiet():
             found = milp(cost, constraints=constraints, integrality=integrality, bounds=bounds,
                          options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True})
@@ -403,9 +418,8 @@ class _Program:
         note = "" if exact else f"HiGHS stopped before proving the optimum: {found.message}"
         dual = getattr(found, "mip_dual_bound", None)
         if not exact and dual is not None and bound is not None:
-            bound = max(bound, (constant + dual) * SCALE)
-        schedule = _repair(BlockSchedule(model, keep, held, exact=exact, bound=bound, note=note))
-        return schedule
+            bound = max(bound, (constant + dual) * scale)
+        return _repair(BlockSchedule(model, keep, held, exact=exact, bound=bound, note=note))
 
 
 @contextmanager
@@ -451,17 +465,13 @@ def _as_linprog(matrix, lower: list[float], upper: list[float]) -> dict:
 
 
 def _repair(schedule: BlockSchedule) -> BlockSchedule:
-    """The solver's answer with its floating-point slack removed: held exactly where a kept run demands, and
-    checked in whole bytes (HiGHS works to a tolerance; a schedule over the budget by a byte is refused)."""
+    """The solver's answer with its floating-point slack removed: held exactly where a kept run demands (and REST
+    always)."""
     keep, held = dict(schedule.keep), {}
     for key, flags in schedule.held.items():
         k = keep[key]
         held[key] = tuple(flags[j] or k[j] or k[j - 1] or key[1] == REST for j in range(len(flags)))
-    fixed = BlockSchedule(schedule.model, keep, held, schedule.policy, schedule.exact, schedule.bound, schedule.note)
-    if fixed.over_budget:
-        raise BlockError(f"the solver's schedule holds {fixed.peak_bytes} bytes, over the budget of "
-                         f"{schedule.model.budget}: a numerical tolerance; please report it")
-    return fixed
+    return BlockSchedule(schedule.model, keep, held, schedule.policy, schedule.exact, schedule.bound, schedule.note)
 
 
 # -- what happens around each forward (the executor's script) -------------------------------------------------------
@@ -483,7 +493,8 @@ class Forward:
 
     def to_json(self) -> dict:
         return {"index": self.index, "component": self.component, "use": self.use, "step": self.step,
-                "blocks": list(self.blocks), "held": list(self.held), "streamed": list(self.streamed), "drop_after": list(self.drop_after)}
+                "blocks": list(self.blocks), "held": list(self.held), "streamed": list(self.streamed),
+                "drop_after": list(self.drop_after)}
 
 
 def forwards(schedule: BlockSchedule) -> tuple[Forward, ...]:
@@ -620,7 +631,7 @@ def timing(schedule: BlockSchedule, *, pinned: frozenset[tuple[str, str]] = froz
     """The time model of one steady call, forward by forward, with one copy engine: a held block not on the
     device is copied before its forward computes; a streamed block is copied before it runs: with prefetch its
     copy may start once the streamed block two before it has finished (two slots: one computing, one arriving),
-    without prefetch only when the compute reaches it. Each block computes for `block_seconds`. `pinned` blocks
+    without prefetch only when the compute reaches it. Each block but REST computes for `block_seconds`. `pinned` blocks
     copy at `pinned_bandwidth`, the others at `pageable_bandwidth` (bytes per second)."""
     model = schedule.model
 
@@ -638,6 +649,8 @@ def timing(schedule: BlockSchedule, *, pinned: frozenset[tuple[str, str]] = froz
                 clock += seconds(key)
             begun, engine, ends = clock, clock, []
             for b in f.blocks:
+                if b == REST:  # the embeddings and the output layers: no block's compute time
+                    continue
                 if b in f.streamed:
                     key = (f.component, b)
                     ready = (ends[-2] if len(ends) >= 2 else begun) if model.prefetch else clock
