@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -203,7 +204,23 @@ def _parser() -> argparse.ArgumentParser:
                           "at once (default: the plan's budget)")
     simulate.add_argument("--format", default="text", choices=["text", "json"])
     simulate.add_argument("--plot", metavar="IMAGE", help="draw the residency timeline (chain and budget) here; "
-                          "needs the plot extra (matplotlib)")
+                          "needs the plot extra (matplotlib); granularity component only")
+    blockwise = simulate.add_argument_group("granularity block", "block-granular residency (planner.blocks): "
+                                            "sizes per block from --model or the plan's source; one steady call")
+    blockwise.add_argument("--granularity", choices=["component", "block"],
+                           help="what the budget policy moves (default: the plan's granularity)")
+    blockwise.add_argument("--steps", type=_steps, metavar="N", help="denoising steps per call: the denoiser runs "
+                           "once per step (default: the plan's steps, else 1)")
+    blockwise.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
+                           help="room for the next streamed block in flight (default: the plan's prefetch, true)")
+    blockwise.add_argument("--bandwidth", type=_bandwidth, metavar="PINNED[,PAGEABLE]",
+                           help="host-to-device GB/s from pinned and from pageable memory (default: 24,12; one "
+                           "figure: pageable is half of it)")
+    blockwise.add_argument("--block-ms", type=_block_ms, default=0.0, metavar="MS",
+                           help="compute time of one block in milliseconds, for how much prefetch hides (default: 0)")
+    blockwise.add_argument("--host-spare", type=_size, metavar="SIZE",
+                           help="host memory pinning may take (default: what this host can spare, its container's "
+                           "limit included)")
     simulate.set_defaults(run=_simulate)
     for command in sub.choices.values():  # every command documents its exit status
         command.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -232,6 +249,40 @@ _integer = _integer_in(None, None, "an integer")
 _positive = _integer_in(1, None, "a positive integer")
 _seed = _integer_in(-(2**63), 2**64, "an integer from -2**63 to 2**64-1")  # what torch's generator accepts
 _calls = _integer_in(1, 1001, "a whole number from 1 to 1000")  # a simulated call costs about 1 ms per use
+_steps = _integer_in(1, 100001, "a whole number from 1 to 100000")  # the schema's bound on the plan's steps
+
+
+def _number_in(low: float, high: float, words: str, *, low_open: bool = False):
+    """An argparse type: a finite decimal number within [low, high] ((low, high] with `low_open`)."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text) if re.fullmatch(r"[0-9]+(\.[0-9]+)?|\.[0-9]+", text.strip()) else None
+        except ValueError:
+            value = None
+        if value is None or value > high or value < low or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be {words}, not {text!r}")
+        return value
+
+    convert.__name__ = words
+    return convert
+
+
+_gbps = _number_in(0.0, 10_000.0, "a speed in GB/s above 0 and at most 10000", low_open=True)
+_block_ms = _number_in(0.0, 1e6, "milliseconds from 0 to 1000000")
+
+
+def _bandwidth(text: str) -> tuple[float, float]:
+    """An argparse type: `--bandwidth PINNED[,PAGEABLE]` in GB/s -> (pinned, pageable) bytes per second."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"must be PINNED or PINNED,PAGEABLE (GB/s), not {text!r}")
+    pinned = _gbps(parts[0])
+    pageable = _gbps(parts[1]) if len(parts) == 2 else pinned / 2
+    return pinned * 1e9, pageable * 1e9
+
+
+_bandwidth.__name__ = "PINNED[,PAGEABLE]"
 
 
 def _size(text: str) -> int:
@@ -483,8 +534,6 @@ def _tiny(args, parser) -> int:
 def _simulate(args, parser) -> int:
     from planner import simulate
 
-    if args.plot is not None:
-        _plot_usable(parser, args.plot)
     given = _merged_sizes(args.sizes, parser) if args.sizes else None
     try:
         path = _existing(args.plan, parser, "simulate")
@@ -494,6 +543,11 @@ def _simulate(args, parser) -> int:
         plan = load_plan(path)
     except PlanError as exc:
         return _fail(exc.problems)
+    plan = _simulated(plan, args)
+    if plan.granularity == "block":
+        return _simulate_blocks(args, parser, plan)
+    if args.plot is not None:
+        _plot_usable(parser, args.plot)
     if args.budget is None and plan.budget is None:
         _usage(parser, "simulate", simulate.no_budget(plan))
     try:
@@ -516,6 +570,48 @@ def _simulate(args, parser) -> int:
             sys.stderr.write(f"planner simulate: error: {exc}\n")
             return 1
         (sys.stdout if args.format == "text" else sys.stderr).write(f"timeline written to {visible(args.plot)}\n")
+    return 0
+
+
+def _simulated(plan, args):
+    """The plan with simulate's overrides of its block keys (--granularity, --steps, --prefetch)."""
+    from dataclasses import replace
+
+    changes = {key: value for key, value in (("granularity", args.granularity), ("steps", args.steps),
+                                             ("prefetch", args.prefetch)) if value is not None}
+    return replace(plan, **changes) if changes else plan
+
+
+def _simulate_blocks(args, parser, plan) -> int:
+    """`planner simulate` at granularity block: per-block sizes from a folder, one steady call per policy."""
+    from planner import blocksim
+
+    if args.sizes:
+        _usage(parser, "simulate", "granularity block needs each component's blocks, which --sizes cannot give: "
+               "pass --model FOLDER (safetensors headers only), or --granularity component")
+    if args.plot is not None:
+        _usage(parser, "simulate", "--plot draws whole components: leave it out at granularity block, or pass "
+               "--granularity component")
+    if args.budget is None and plan.budget is None:
+        from planner import simulate
+
+        _usage(parser, "simulate", simulate.no_budget(plan))
+    try:
+        table, _ = _folder_table(args, plan, parser)
+        dtype = plan.torch_dtype or table.torch_dtype
+        component_blocks = {name: c.blocks(dtype) for name, c in table.components.items()}
+        result = blocksim.simulate(plan, component_blocks, args.budget if args.budget is not None else plan.budget,
+                                   bandwidth=args.bandwidth, block_seconds=args.block_ms / 1000,
+                                   spare=args.host_spare, budget_flag="--budget" if args.budget is not None else None)
+    except PlanError as exc:
+        located = any(p.line for p in exc.problems)
+        return _fail(exc.problems) if located else _fail_lines(exc.problems)
+    if args.format == "json":
+        from planner.report.common import neutral_json
+
+        _write(neutral_json(json.dumps(result.to_json(), indent=2)) + "\n")
+    else:
+        _write(_visible_text(blocksim.render_text(result)))
     return 0
 
 
@@ -550,6 +646,13 @@ def _merged_sizes(given: list[dict], parser) -> dict:
 def _folder_sizes(args, plan, parser) -> tuple[dict, str]:
     """The plan's component sizes from --model, else from its pipeline.source when that is a local folder, checked
     against the plan (`planner validate --model`'s checks); raises PlanError with the problems."""
+    table, source = _folder_table(args, plan, parser)
+    return dict(table.loaded_bytes()), source
+
+
+def _folder_table(args, plan, parser):
+    """(`planner.sizes.ModelSizes`, its source) for --model, else the plan's pipeline.source when that is a local
+    folder, checked against the plan (`planner validate --model`'s checks); raises PlanError with the problems."""
     from planner import rules, sizes
 
     source = args.model
@@ -571,7 +674,7 @@ def _folder_sizes(args, plan, parser) -> tuple[dict, str]:
         problems = [p for p in problems if p.rule != rules.PLN409.id]
     if any(is_error(p) for p in problems) or not tables:
         raise PlanError(problems)
-    return dict(tables[0].loaded_bytes()), source
+    return tables[0], source
 
 
 def _progress(args) -> bool:

@@ -855,6 +855,8 @@ def _budget_problem(plan: Plan, model: ModelSizes) -> Problem | None:
     if plan.policy != "budget" or plan.budget is None:
         return None
     dtype = plan.torch_dtype or model.torch_dtype
+    if plan.granularity == "block":
+        return _block_budget_problem(plan, model, dtype)
     sizes = {name: c.bytes_at(dtype) for name, c in model.components.items()}
     resident = {name: sizes[name] for name in sorted(plan.exclude) if name in sizes}
     used = [name for name in dict.fromkeys(plan.call_order) if name in sizes and name not in plan.exclude]
@@ -871,6 +873,23 @@ def _budget_problem(plan: Plan, model: ModelSizes) -> Problem | None:
                         f"needs at least {human(needed)} ({needed} bytes)",
                         f"raise budget to at least {needed} bytes ({human(needed)}), or leave budget out to use the "
                         "free memory minus reserve")
+
+
+def _block_budget_problem(plan: Plan, model: ModelSizes, dtype: str | None) -> Problem | None:
+    """PLN409 for `granularity: block`: a budget below the least any block schedule needs (`blocks.Model.
+    least_budget`: the exclusions, and the worst pass's REST with its blocks held or in flight)."""
+    from planner import blocks  # the block model; its solver (scipy) is imported only when solving
+
+    found = blocks.model_for(plan, {name: c.blocks(dtype) for name, c in model.components.items()}, plan.budget)
+    needed, component = found.least_budget()
+    if needed <= plan.budget:
+        return None
+    return plan.problem("budget", PLN409, f"a budget of {human(plan.budget)} ({plan.budget} bytes) cannot run "
+                        f"{component} block by block (its other parts held, room for "
+                        f"{'two blocks' if found.prefetch else 'one block'} in flight) beside the exclusions: the "
+                        f"model folder {model.source} at {dtype or 'its stored dtype'} needs at least "
+                        f"{human(needed)} ({needed} bytes)",
+                        f"raise budget to at least {needed} bytes ({human(needed)})")
 
 
 def _said_by_the_index(plan: Plan) -> frozenset[str]:

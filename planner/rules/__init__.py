@@ -170,6 +170,9 @@ PLN410 = Rule("PLN410", "sizes that do not match the plan (`planner simulate --s
               "offloads, excludes or uses with no size, or a size for a name the plan does not have",
               "give each plan component a size (`--sizes unet=4.78GiB,vae=160MiB`; `NAME=none` for one the "
               "pipeline lacks), or read them from the model folder with --model")
+PLN411 = Rule("PLN411", "`pin: true` in a plan whose streamed blocks need more pinned host memory than the host can "
+              "spare (its available memory and the container's limit, less a margin)",
+              "write pin: auto (pins what the host can spare), or raise the container's memory limit")
 
 # -- the pipeline class, against the shipped index of diffusers pipelines: planner.rules.pipeline ------------------
 PLN501 = Rule("PLN501", '`pipeline.class` naming no diffusers pipeline class (with "did you mean")',
