@@ -55,3 +55,13 @@ def tiny_builds(tmp_path_factory) -> TinyBuilds:
 def tiny_pipelines(tiny_builds):
     """The three original tiny pipelines (sd, sdxl, controlnet) saved once per test run; a dict kind -> folder."""
     return {kind: tiny_builds[kind] for kind in ("sd", "sdxl", "controlnet")}
+
+
+@pytest.fixture(scope="session")
+def real_sized(tmp_path_factory):
+    """Header-only folders of real size (`tests/headers.py`: the published configs' tensors, holes for weights),
+    built once per run: {"sdxl": folder with fp16 and float32 files, "flux": a sharded FLUX.1 dev folder}."""
+    import headers
+
+    root = tmp_path_factory.mktemp("real-sized")
+    return {"sdxl": headers.sdxl(root / "sdxl"), "flux": headers.flux(root / "flux")}
