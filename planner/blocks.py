@@ -390,6 +390,7 @@ class _Program:
             entries.append((index[("w", p.index)], float(k)))
             row(entries, -inf, (model.room - cut) / scale)
         matrix = coo_array((vals, (rows, cols)), shape=(len(lower), n)).tocsr()
+        matrix.indices, matrix.indptr = matrix.indices.astype(np.int32), matrix.indptr.astype(np.int32)  # scipy 1.11
         integrality = np.zeros(n)
         integrality[: self.binaries] = 1
         hi = np.full(n, inf)

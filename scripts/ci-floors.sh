@@ -14,8 +14,9 @@ mapfile -t pinned < <(python3 scripts/floors.py)
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
   || "$venv/bin/python" -m pip install -q --no-deps -e .
 echo "floors: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
-  | grep -iE '^(pyyaml|jsonschema|networkx|accelerate|diffusers|transformers|peft|torch)==' | tr '\n' ' ')"
+  | grep -iE '^(pyyaml|jsonschema|networkx|scipy|accelerate|diffusers|transformers|peft|torch)==' | tr '\n' ' ')"
 HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_applied.py tests/test_budget.py tests/test_compat.py tests/test_generate.py tests/test_tiny.py \
+  tests/test_blocks.py \
   tests/test_devices.py tests/test_rules.py \
   tests/test_loader.py tests/test_plan.py
