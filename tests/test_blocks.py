@@ -221,3 +221,11 @@ def test_the_solver_prints_nothing_on_standard_output():
             "print(json.dumps(solve(m).h2d_bytes))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert json.loads(out) >= 0
+
+
+def test_the_block_model_imports_scipy_only_to_solve():
+    code = ("import sys; from planner import blocks, blocksim; "
+            "m = blocks.Model(('unet',), {'unet': {'rest': 1, 'b.0': 2}}, 10, 3); m.least_budget(); m.passes; "
+            "print('scipy' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.split() == ["False", "False"]

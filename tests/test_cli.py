@@ -112,7 +112,7 @@ def test_the_schema_itself_is_valid_draft_2020_12():
 
 def test_validate_never_imports_torch_diffusers_or_accelerate():
     code = ("import sys; from planner.cli import main; rc = main(['validate', sys.argv[1], sys.argv[2]]); "
-            "heavy = [m for m in ('torch', 'diffusers', 'accelerate', 'transformers') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'diffusers', 'accelerate', 'transformers', 'scipy') if m in sys.modules]; "
             "print('HEAVY', heavy); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(GOOD), str(BAD)], capture_output=True, text=True)
     assert proc.returncode == 1

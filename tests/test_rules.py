@@ -154,7 +154,7 @@ def test_the_core_imports_top_down_with_no_circle():
         assert _planner_imports(module) <= set(CORE[:i]), (module, _planner_imports(module) - set(CORE[:i]))
     # and each, imported first in a fresh interpreter, in dependency order, loads
     code = "; ".join(f"import planner.{m}" for m in CORE) + "; import sys; " \
-        "print(sorted(m for m in ('torch', 'diffusers', 'jsonschema', 'networkx') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'diffusers', 'jsonschema', 'networkx', 'scipy') if m in sys.modules))"
     for i in range(len(CORE)):
         proc = subprocess.run([sys.executable, "-c", f"import planner.{CORE[i]}; {code}"], capture_output=True,
                               text=True, cwd=ROOT)
