@@ -402,6 +402,14 @@ def _show(args, parser) -> int:
     print(f"exclude: {', '.join(sorted(plan.exclude)) or '(none)'}")
     if plan.own_hook:
         print(f"own_hook: {', '.join(sorted(plan.own_hook))}")
+    if plan.policy == "budget":
+        from planner.units import human
+
+        budget = f"{human(plan.budget)} ({plan.budget} bytes)" if plan.budget is not None else \
+            "(unset: the free memory minus reserve)"
+        print(f"policy: budget, {budget}, granularity {plan.granularity}")
+        if plan.granularity == "block":
+            print(f"steps: {plan.steps or 1}, prefetch: {str(plan.prefetch).lower()}, pin: {plan.pin}")
     return 0
 
 
