@@ -26,7 +26,7 @@ TINY = {"text_encoder": {REST: 10 * MIB, "layers.0": 5 * MIB, "layers.1": 5 * MI
         "text_encoder_2": {REST: 12 * MIB, "layers.0": 8 * MIB, "layers.1": 8 * MIB},
         "unet": {REST: 4 * MIB, "down_blocks.0": 20 * MIB, "mid_block": 16 * MIB, "up_blocks.0": 20 * MIB},
         "vae": {REST: 1 * MIB, "decoder.up_blocks.0": 6 * MIB, "encoder.down_blocks.0": 6 * MIB}}
-TINY_CHAIN = sum(sum(b.values()) for b in TINY.values())
+TINY_CHAIN = bench.Chain(sum(sum(b.values()) for b in TINY.values()), 60 * MIB)  # the unet is the largest
 STEPS = 5
 
 
@@ -62,9 +62,11 @@ def test_a_component_without_blocks_is_one_rest_block_and_unknown_sizes_refuse()
         bench.published_blocks("q", table)
 
 
-def test_the_chain_moves_every_used_component_once_per_call():
+def test_the_chain_moves_every_used_component_once_per_call_holding_the_largest():
     sizes = {"text_encoder": 3, "text_encoder_2": 5, "unet": 11, "vae": 2, "image_encoder": None}
-    assert bench.chain_bytes(SDXL_PLAN, sizes) == 21
+    assert bench.chain_of(SDXL_PLAN, sizes) == (21, 11)
+    sizes = {name: sum(b.values()) for name, b in TINY.items()}
+    assert bench.chain_of(SDXL_PLAN, {**sizes, "image_encoder": None}) == TINY_CHAIN
 
 
 # -- one row -------------------------------------------------------------------------------------------------------
@@ -117,10 +119,18 @@ def test_the_table_has_a_cell_per_column_and_the_figures_in_gb(tight):
         assert line.count("|") == len(bench.HEAD) + 1
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[3] == f"{tight.ours.h2d_bytes / 1e9:.2f}"
-    assert cells[6] == f"{TINY_CHAIN / 1e9:.2f}"
-    assert cells[9] == f"{tight.ours.h2d_bytes / TINY_CHAIN:.3f}"
+    assert cells[6] == f"{TINY_CHAIN.h2d_bytes / 1e9:.2f}"  # the chain's peak (60 MiB) keeps within 70 MiB
+    assert cells[9] == f"{tight.ours.h2d_bytes / TINY_CHAIN.h2d_bytes:.3f}"
     assert cells[10] == f"{tight.ours.h2d_bytes / tight.group.h2d_bytes:.3f}"
     assert "24 GB/s" in bench.legend(bench.Settings()) and "0 ms" in bench.legend(bench.Settings())
+
+
+def test_a_policy_that_passes_the_budget_is_marked_over_budget():
+    row = bench.build_row("tiny", tiny_model(50 * MIB), TINY_CHAIN)
+    cells = [c.strip() for c in bench.markdown([row]).splitlines()[2].strip("|").split("|")]
+    assert cells[5] == "does not fit"  # the 60 MiB unet cannot stay whole in 50 MiB
+    assert cells[6].endswith(f"over budget (peak {bench.human(60 * MIB)})")
+    assert "over budget" not in cells[3] and "over budget" not in cells[7]
 
 
 def test_an_unproven_schedule_is_marked(tight):
@@ -141,7 +151,7 @@ def test_the_goals_pass_on_a_sound_row(tight):
 
 
 def test_each_goal_fails_when_its_figure_breaks_it(tight):
-    share = tight.ours.h2d_bytes / TINY_CHAIN
+    share = tight.ours.h2d_bytes / TINY_CHAIN.h2d_bytes
     assert not _goals([tight], chain_share=share * 0.99)[0].passed
     assert not _goals([tight], group_share=0.0)[1].passed
     assert not _goals([replace(tight, budget=8 * GIB)])[0].passed  # no such row
@@ -194,6 +204,7 @@ def test_main_prints_the_table_exits_1_on_a_failed_goal_and_writes_json(monkeypa
     assert data["rows"][0]["ours"] is None and data["rows"][0]["least_budget_bytes"] > int(0.03 * GIB)
     fitted = data["rows"][1]
     assert fitted["replay"]["h2d_bytes_per_call"][-1] == fitted["ours"]["h2d_bytes"]
-    assert fitted["ratios"]["ours_over_chain"] == fitted["ours"]["h2d_bytes"] / TINY_CHAIN
+    assert fitted["ratios"]["ours_over_chain"] == fitted["ours"]["h2d_bytes"] / TINY_CHAIN.h2d_bytes
+    assert fitted["chain_peak_bytes"] == TINY_CHAIN.peak_bytes
     assert data["settings"]["pinned_bandwidth_gb_s"] == blocks.PINNED_BANDWIDTH / 1e9
     assert [g["passed"] for g in data["goals"]][:2] == [False, False]
