@@ -301,9 +301,10 @@ def solve(model: Model, *, time_limit: float = TIME_LIMIT) -> BlockSchedule:
     program = _Program(model)
     if not program.variables:
         return BlockSchedule(model, {}, {}, bound=0.0)
+    bound = _Program(model, group=False).relaxation()
     cut = 0
     for _ in range(TRIES):
-        found = program.solve(time_limit, cut)
+        found = program.solve(time_limit, cut, bound)
         if not found.over_budget:
             return found
         cut += found.peak_bytes - model.budget
@@ -312,115 +313,176 @@ def solve(model: Model, *, time_limit: float = TIME_LIMIT) -> BlockSchedule:
 
 
 class _Program:
-    """The integer program. Per block key and run j: y (kept after run j) and h (held over run j), binary; per
-    pass, w: the largest block it streams (w >= size (1 - h) for each block it may stream).
+    """The integer program, over classes of interchangeable blocks: the blocks of one component with the same size
+    and the same runs (a Flux transformer's 38 single blocks are one class; REST is a class of its own). Blocks of a
+    class differ in nothing the model sees, so only how many of them are kept or held matters, and counting them
+    instead of naming them leaves HiGHS no symmetric copies of one schedule to search through. Per class of n
+    blocks and run j: Y (kept after run j) and H (held over run j), integers 0..n, and F (some block of the class
+    streams through run j), binary; per pass, w: room for one block in flight.
 
-        minimise    sum over keys and runs j of size * ((1 - y[j-1]) + (repeat - 1) * (1 - h[j]))
-        subject to  h[j] >= y[j], h[j] >= y[j-1]                       (a kept block is held)
-                    kept and held bytes + in_flight * w <= room       (per pass)
-    """
+        minimise    sum over classes and runs j of size * ((n - Y[j-1]) + (repeat - 1) * (n - H[j]))
+        subject to  H[j] >= Y[j], H[j] >= Y[j-1]                      (a kept block is held)
+                    H[j] + n F[j] >= n,  w >= size F[j]                (a block streams: room for it)
+                    sum of size * (H or the gap's Y) + in_flight * w <= room        (per pass)
 
-    def __init__(self, model: Model):
+    Any counts with H[j] >= max(Y[j-1], Y[j]) are realised by naming the blocks in one fixed order per class: the
+    first Y[j] kept after run j, the first H[j] held over it (`_Class.order`)."""
+
+    def __init__(self, model: Model, group: bool = True):
         self.model = model
-        self.index: dict[tuple, int] = {}
+        groups: dict[tuple, list[tuple[str, str]]] = {}
         for key in model.keys:
-            for j in range(len(model.runs_of[key])):
-                self.index[("y", key, j)] = len(self.index)
-                self.index[("h", key, j)] = len(self.index)
-        self.binaries = len(self.index)
+            signature = (key[0], model.size(key), model.runs_of[key], key[1] == REST) if group else key
+            groups.setdefault(signature, []).append(key)
+        self.classes = [_Class(keys, model.size(keys[0]), model.runs_of[keys[0]]) for keys in groups.values()]
+        self.index: dict[tuple, int] = {}
+        for c, found in enumerate(self.classes):
+            for j in range(len(found.runs)):
+                for name in ("Y", "H", "F"):
+                    self.index[(name, c, j)] = len(self.index)
+        self.integers = len(self.index)
         for p in model.passes:
             self.index[("w", p.index)] = len(self.index)
 
     @property
     def variables(self) -> int:
-        return self.binaries
+        return self.integers
 
-    def solve(self, time_limit: float, cut: int = 0) -> BlockSchedule:
-        """The optimum with the room cut by `cut` bytes (see TRIES); not yet checked in whole bytes."""
+    def relaxation(self) -> float | None:
+        """The LP relaxation's optimum in bytes (None when HiGHS does not solve it): no schedule moves fewer. The
+        program with every block a class of its own relaxes more tightly than the grouped one (a block's own
+        H >= max(Y) is stronger than the class's), so `solve` takes its bound from that one."""
+        from scipy.optimize import linprog
+
+        cost, constant, lo, hi, matrix, lower, upper, scale = self._arrays(0)
+        relaxed = linprog(cost, bounds=list(zip(lo, hi, strict=True)), method="highs",
+                          **_as_linprog(matrix, lower, upper))
+        return None if relaxed.status != 0 else max(0.0, constant + relaxed.fun) * scale
+
+    def solve(self, time_limit: float, cut: int = 0, bound: float | None = None) -> BlockSchedule:
+        """The optimum with the room cut by `cut` bytes (see TRIES), `bound` reported beside it; not yet checked in
+        whole bytes."""
         import numpy as np
-        from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        cost, constant, lo, hi, matrix, lower, upper, scale = self._arrays(cut)
+        integrality = np.zeros(len(cost))
+        integrality[: self.integers] = 1
+        with _quiet():
+            result = milp(cost, constraints=LinearConstraint(matrix, np.array(lower), np.array(upper)),
+                          integrality=integrality, bounds=Bounds(lo, hi),
+                          options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True})
+        if result.x is None:
+            raise BlockError(f"HiGHS found no schedule ({result.message})")
+        keep, held = self._named(np.rint(result.x[: self.integers]).astype(int))
+        exact = result.status == 0
+        note = "" if exact else f"HiGHS stopped before proving the optimum: {result.message}"
+        dual = getattr(result, "mip_dual_bound", None)
+        if not exact and dual is not None and np.isfinite(dual):
+            bound = max(bound or 0.0, (constant + dual) * scale)
+        return _repair(BlockSchedule(self.model, keep, held, exact=exact, bound=bound, note=note))
+
+    def _named(self, counts) -> tuple[dict, dict]:
+        """Per block, kept after and held over each run, from the classes' counts (`_Class.order`)."""
+        keep, held = {}, {}
+        for c, found in enumerate(self.classes):
+            m = len(found.runs)
+            kept = [counts[self.index[("Y", c, j)]] for j in range(m)]
+            holding = [max(counts[self.index[("H", c, j)]], kept[j], kept[j - 1]) for j in range(m)]
+            for rank, key in enumerate(found.order()):
+                keep[key] = tuple(rank < kept[j] for j in range(m))
+                held[key] = tuple(rank < holding[j] for j in range(m))
+        return keep, held
+
+    def _arrays(self, cut: int):
+        """(cost, constant, lower and upper variable bounds, constraint matrix, its lower and upper sides, the unit
+        in bytes) of the program with the room cut by `cut` bytes."""
+        import numpy as np
         from scipy.sparse import coo_array
 
-        model, index = self.model, self.index
+        model, index, classes = self.model, self.index, self.classes
         scale = max(model.room, 1) / UNITS
         n = len(index)
         cost = np.zeros(n)
         constant = 0.0
-        for key in model.keys:  # per run j: a load unless kept into it, and one per further forward if streamed
-            runs = model.runs_of[key]
-            size = model.size(key) / scale
-            for j, p in enumerate(runs):
+        lo, hi = np.zeros(n), np.full(n, np.inf)
+        for c, found in enumerate(classes):  # per run j: loads unless kept into it, and per further forward if streamed
+            size, count, m = found.size / scale, len(found.keys), len(found.runs)
+            for j, p in enumerate(found.runs):
                 repeat = model.passes[p].repeat
-                cost[index[("y", key, (j - 1) % len(runs))]] -= size
-                cost[index[("h", key, j)]] -= size * (repeat - 1)
-                constant += size * repeat
+                cost[index[("Y", c, (j - 1) % m)]] -= size
+                cost[index[("H", c, j)]] -= size * (repeat - 1)
+                constant += size * count * repeat
+                hi[index[("Y", c, j)]] = hi[index[("H", c, j)]] = count
+                hi[index[("F", c, j)]] = 1
+                if found.rest:  # REST is held over every pass it runs in: it runs first and last
+                    lo[index[("H", c, j)]] = count
+                    hi[index[("F", c, j)]] = 0
         rows, cols, vals, lower, upper = [], [], [], [], []
 
-        def row(entries: Iterable[tuple[int, float]], lo: float, hi: float) -> None:
+        def row(entries: Iterable[tuple[int, float]], low: float, high: float) -> None:
             r = len(lower)
             for col, val in entries:
                 rows.append(r)
                 cols.append(col)
                 vals.append(val)
-            lower.append(lo)
-            upper.append(hi)
+            lower.append(low)
+            upper.append(high)
 
         inf = np.inf
-        for key in model.keys:
-            m = len(model.runs_of[key])
-            for j in range(m):
-                h = index[("h", key, j)]
-                row([(h, 1.0), (index[("y", key, j)], -1.0)], 0.0, inf)
+        for c, found in enumerate(classes):
+            m, count, size = len(found.runs), len(found.keys), found.size / scale
+            for j, p in enumerate(found.runs):
+                held = index[("H", c, j)]
+                row([(held, 1.0), (index[("Y", c, j)], -1.0)], 0.0, inf)
                 if m > 1:
-                    row([(h, 1.0), (index[("y", key, (j - 1) % m)], -1.0)], 0.0, inf)
+                    row([(held, 1.0), (index[("Y", c, (j - 1) % m)], -1.0)], 0.0, inf)
+                row([(held, 1.0), (index[("F", c, j)], float(count))], float(count), inf)
+                if not found.rest:
+                    row([(index[("w", p)], 1.0), (index[("F", c, j)], -size)], 0.0, inf)
         k = model.in_flight
         for p in model.passes:
-            ran = set(p.blocks)
             entries: list[tuple[int, float]] = []
-            for key in model.keys:
-                size = model.size(key) / scale
-                if key[0] == p.component and key[1] in ran:
-                    j = model.runs_of[key].index(p.index)
-                    h = index[("h", key, j)]
-                    entries.append((h, size))
-                    if key[1] != REST:  # w >= size (1 - h)   <=>   w + size h >= size
-                        row([(index[("w", p.index)], 1.0), (h, size)], size, inf)
+            for c, found in enumerate(classes):
+                size = found.size / scale
+                if p.index in found.runs:
+                    entries.append((index[("H", c, found.runs.index(p.index))], size))
                 else:
-                    entries.append((index[("y", key, model.gap_at(key, p.index))], size))
+                    entries.append((index[("Y", c, model.gap_at(found.keys[0], p.index))], size))
             entries.append((index[("w", p.index)], float(k)))
             row(entries, -inf, (model.room - cut) / scale)
         matrix = coo_array((vals, (rows, cols)), shape=(len(lower), n)).tocsr()
         matrix.indices, matrix.indptr = matrix.indices.astype(np.int32), matrix.indptr.astype(np.int32)  # scipy 1.11
-        integrality = np.zeros(n)
-        integrality[: self.binaries] = 1
-        hi = np.full(n, inf)
-        hi[: self.binaries] = 1.0
-        lo = np.zeros(n)
-        for key in model.keys:  # REST is held over every pass it runs in: it runs first and last
-            if key[1] == REST:
-                for j in range(len(model.runs_of[key])):
-                    lo[index[("h", key, j)]] = 1.0
-        bounds = Bounds(lo, hi)
-        constraints = LinearConstraint(matrix, np.array(lower), np.array(upper))
-        relaxed = linprog(cost, bounds=list(zip(lo, hi, strict=True)), method="highs",
-                          **_as_linprog(matrix, lower, upper))
-        bound = None if relaxed.status != 0 else max(0.0, constant + relaxed.fun) * scale
-        with _quiet():
-            found = milp(cost, constraints=constraints, integrality=integrality, bounds=bounds,
-                         options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True})
-        if found.x is None:
-            raise BlockError(f"HiGHS found no schedule ({found.message})")
-        values = found.x
-        keep = {key: tuple(values[index[("y", key, j)]] > 0.5 for j in range(len(model.runs_of[key])))
-                for key in model.keys}
-        held = {key: tuple(values[index[("h", key, j)]] > 0.5 for j in range(len(model.runs_of[key])))
-                for key in model.keys}
-        exact = found.status == 0
-        note = "" if exact else f"HiGHS stopped before proving the optimum: {found.message}"
-        dual = getattr(found, "mip_dual_bound", None)
-        if not exact and dual is not None and bound is not None:
-            bound = max(bound, (constant + dual) * scale)
-        return _repair(BlockSchedule(model, keep, held, exact=exact, bound=bound, note=note))
+        return cost, constant, lo, hi, matrix, lower, upper, scale
+
+
+@dataclass(frozen=True)
+class _Class:
+    """Interchangeable blocks: `keys` of one component, each of `size` bytes, running in the passes `runs`."""
+
+    keys: tuple[tuple[str, str], ...] | list
+    size: int
+    runs: tuple[int, ...]
+
+    @property
+    def rest(self) -> bool:
+        return self.keys[0][1] == REST
+
+    def order(self) -> list[tuple[str, str]]:
+        """The blocks in the order they are kept and held: any first few of them spread evenly over the class in
+        run order (the radical inverse in base 2 of their position), so that held blocks sit between streamed
+        ones, whose copies the held blocks' compute can then hide."""
+        return [self.keys[i] for i in sorted(range(len(self.keys)), key=lambda i: (_radical_inverse(i), i))]
+
+
+def _radical_inverse(i: int) -> float:
+    """0, 1/2, 1/4, 3/4, 1/8, ...: the van der Corput sequence, whose every prefix is spread evenly over [0, 1)."""
+    value, weight = 0.0, 0.5
+    while i:
+        value += weight * (i & 1)
+        i >>= 1
+        weight /= 2
+    return value
 
 
 @contextmanager

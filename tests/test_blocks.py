@@ -229,3 +229,24 @@ def test_the_block_model_imports_scipy_only_to_solve():
             "print('scipy' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 7), st.integers(1, 9), st.integers(1, 4), st.integers(2, 6), st.booleans(), st.data())
+def test_counting_interchangeable_blocks_finds_the_same_optimum_as_naming_them(count, size, other, steps, prefetch,
+                                                                             data):
+    sizes = {"text_encoder": {REST: 1, **{f"layers.{i}": other for i in range(3)}},
+             "transformer": {REST: 2, **{f"blocks.{i}": size for i in range(count)}, "norm_block": size + 1}}
+    model = Model(("text_encoder", "transformer"), sizes, 1, steps, prefetch=prefetch)
+    least, total = model.least_budget()[0], sum(sum(b.values()) for b in sizes.values())
+    model = Model(model.uses, sizes, data.draw(st.integers(least, total)), steps, prefetch=prefetch)
+    grouped = solve(model)
+    named = blocks._Program(model, group=False).solve(blocks.TIME_LIMIT)
+    assert grouped.exact and named.exact
+    assert grouped.h2d_bytes == named.h2d_bytes and not grouped.over_budget and not grouped.problems()
+    assert replay(grouped)[1] <= model.budget
+
+
+def test_the_blocks_a_class_keeps_are_spread_evenly_over_it():
+    found = blocks._Class([("t", f"blocks.{i}") for i in range(8)], 1, (0,))
+    assert [key[1] for key in found.order()][:4] == ["blocks.0", "blocks.4", "blocks.2", "blocks.6"]
