@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--prompt", default="an astronaut riding a horse", help="the prompt (default: %(default)r)")
     apply.add_argument("--negative-prompt", metavar="TEXT", help="a negative prompt (default: none)")
     apply.add_argument("--steps", type=_positive, default=2, metavar="N",
-                       help="denoising steps per call (default: %(default)s)")
+                       help="denoising steps per call (default: %(default)s; a block plan is scheduled for them)")
     apply.add_argument("--seed", type=_seed, default=0, metavar="N", help="the generator's seed (default: %(default)s)")
     apply.add_argument("--height", type=_positive, metavar="PX", help="image height (default: the pipeline's)")
     apply.add_argument("--width", type=_positive, metavar="PX", help="image width (default: the pipeline's)")

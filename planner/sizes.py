@@ -148,7 +148,7 @@ class ComponentSizes:
             block = block_of(name)
             totals[block] = totals.get(block, 0) + size
         rest = totals.pop(REST, 0)
-        return {**{b: totals[b] for b in sorted(totals, key=_natural)}, REST: rest}
+        return {**{b: totals[b] for b in sorted(totals, key=block_order)}, REST: rest}
 
     def to_json(self, torch_dtype: str | None) -> dict:
         """The JSON form: class, library, variant, files, stored bytes and dtypes, bytes and blocks at the dtype."""
@@ -228,7 +228,8 @@ def _is_index(part: str) -> bool:
     return part.isascii() and part.isdigit()
 
 
-def _natural(block: str) -> list:
+def block_order(block: str) -> list:
+    """The sort key of a block name: its indices as numbers (`blocks.10` after `blocks.9`), names as text."""
     return [(0, int(p), "") if _is_index(p) else (1, 0, p) for p in block.split(".")]
 
 

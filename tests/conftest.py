@@ -65,3 +65,20 @@ def real_sized(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("real-sized")
     return {"sdxl": headers.sdxl(root / "sdxl"), "flux": headers.flux(root / "flux")}
+
+
+@pytest.fixture
+def fired(monkeypatch):
+    """The components whose budget hook fired, in order (the real hook runs too): the budget and block
+    executors' tests read the call order from it."""
+    from planner.executor import budget
+
+    seen = []
+    original = budget.BudgetHook.pre_forward
+
+    def logged(hook, module, *args, **kwargs):
+        seen.append(hook.config.component)
+        return original(hook, module, *args, **kwargs)
+
+    monkeypatch.setattr(budget.BudgetHook, "pre_forward", logged)
+    return seen

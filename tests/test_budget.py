@@ -72,20 +72,6 @@ def events(trace, call=None):
     return [(e.call, e.event, e.component, e.reason) for e in trace.events if call is None or e.call == call]
 
 
-@pytest.fixture
-def fired(monkeypatch):
-    """The components whose budget hook fired, in order (the real hook runs too)."""
-    seen = []
-    original = budget_mod.BudgetHook.pre_forward
-
-    def logged(hook, module, *args, **kwargs):
-        seen.append(hook.config.component)
-        return original(hook, module, *args, **kwargs)
-
-    monkeypatch.setattr(budget_mod.BudgetHook, "pre_forward", logged)
-    return seen
-
-
 def collapsed(names: list[str]) -> list[str]:
     """Consecutive repeats as one use (a denoiser runs every step; the executor counts one use)."""
     return [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]

@@ -10,7 +10,8 @@ plan's policy, and lives in one installer per policy:
 - `chain` (planner.executor.chain): diffusers' own `enable_model_cpu_offload`, run under the plan's shadows, so the
   hooks are exactly diffusers' for that sequence;
 - `budget` (planner.executor.budget): our own hooks, which keep what fits within the budget on the device and
-  follow the schedule of `planner.schedule.optimal`.
+  follow the schedule of `planner.schedule.optimal`; with `granularity: block` (planner.executor.blockwise), block
+  by block, following `planner.blocks.solve`.
 
 What the handle holds and what holds it, so that dropping the pipeline and the handle frees both: the pipeline
 holds the handle (its shadows are the handle's bound methods), the handle holds the pipeline; the registry of
@@ -29,6 +30,7 @@ import torch
 from accelerate.hooks import CpuOffload, remove_hook_from_module
 
 from planner.executor import compat, devices
+from planner.executor.blockwise import BlockHook, BlockInstaller, prepare
 from planner.executor.budget import BudgetHook, BudgetInstaller, budget_for, budget_problems
 from planner.executor.chain import ChainInstaller, owned
 from planner.executor.components import connected_pipes, device_of, model_components
@@ -91,7 +93,8 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
     device would have received. A plan already applied to `pipe` is replaced. `calls` (budget policy) is how many
     pipeline calls the schedule is planned for: the first `calls` calls follow `planner.schedule.optimal` for
     exactly that many calls (what `planner simulate --calls` prints); later calls, or all of them when it is
-    None, follow a schedule planned for `budget.HORIZON` calls and then its steady cycle.
+    None, follow a schedule planned for `budget.HORIZON` calls and then its steady cycle. At `granularity: block`
+    the schedule is the steady cycle of `planner.blocks.solve` and `calls` is not used.
     """
     compat.require()
     if not isinstance(plan, Plan):
@@ -103,16 +106,18 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
     problems = preflight(pipe, plan, target, dry_run)
     if problems:
         raise PlanError(problems)
-    budget = None
+    budget = prepared = None
     if getattr(plan, "policy", "chain") == "budget":
         budget = budget_for(plan, target, dry_run)  # raises PlanError (PLN307) when there is none to be had
-        problems = budget_problems(pipe, plan, budget)
+        if plan.granularity == "block":  # the block schedule and the pin choice (PLN307, PLN411)
+            prepared = prepare(pipe, plan, budget, target, dry_run)
+        problems = [] if prepared is not None else budget_problems(pipe, plan, budget)
         if problems:
             raise PlanError(problems)
     previous = applied_to(pipe)
     if previous is not None:
         previous.remove()
-    handle = AppliedPlan(pipe, plan, target, dry_run, budget=budget, calls=calls)
+    handle = AppliedPlan(pipe, plan, target, dry_run, budget=budget, calls=calls, prepared=prepared)
     try:
         handle._install()
     except BaseException:
@@ -152,7 +157,7 @@ class AppliedPlan:
     """
 
     def __init__(self, pipe, plan: Plan, target: torch.device, dry_run: bool, budget: int | None = None,
-                 calls: int | None = None):
+                 calls: int | None = None, prepared=None):
         self.pipe, self.plan, self.target, self.dry_run, self.calls = pipe, plan, target, dry_run, calls
         self.execution_device = torch.device("cpu") if dry_run else target
         self.trace = Trace(device=str(target))
@@ -165,6 +170,8 @@ class AppliedPlan:
         self._hooked: dict = {}  # component name -> (module, the plan's hook on it, or None when it has none)
         if budget is None:
             self._installer = ChainInstaller(self)
+        elif prepared is not None:  # granularity block (blockwise.prepare)
+            self._installer = BlockInstaller(self, budget, prepared)
         else:
             self._installer = BudgetInstaller(self, budget, calls)
         self._hosts = self._installer.hosts()
@@ -215,6 +222,12 @@ class AppliedPlan:
     @property
     def schedule(self):
         return getattr(self._installer, "schedule", None)
+
+    @property
+    def host(self):
+        """Granularity block: the host's side (`blockwise.HostUse`: host bytes held, pinned bytes, the pin note);
+        None for the other policies."""
+        return getattr(self._installer, "host", None)
 
     @property
     def copied_back(self) -> dict[int, int] | None:
@@ -395,7 +408,7 @@ class AppliedPlan:
 def _model_offload(hook) -> bool:
     """A model offload hook (diffusers' chain, or a plan's own): what the plan replaces when it re-installs; any
     other accelerate hook is another kind of offload, which it never replaces silently."""
-    return isinstance(hook, (CpuOffload, BudgetHook)) or owned(hook)
+    return isinstance(hook, (CpuOffload, BudgetHook, BlockHook)) or owned(hook)
 
 
 # -- checks made before anything changes ------------------------------------------------------------------
@@ -474,7 +487,7 @@ def _state_problem(pipe, plan: Plan) -> Problem | None:
     for name, module in model_components(pipe).items():
         for sub in module.modules():
             hook = getattr(sub, compat.HF_HOOK, None)
-            if hook is None or owned(hook) or isinstance(hook, BudgetHook):  # a plan's own
+            if hook is None or owned(hook) or isinstance(hook, (BudgetHook, BlockHook)):  # a plan's own
                 continue
             if sub is module and isinstance(hook, CpuOffload) and mine is None:
                 return plan.problem(where, PLN302, "model CPU offload is already enabled on this pipeline "

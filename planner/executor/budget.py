@@ -158,7 +158,10 @@ class _Kept:
 
 
 class Weights:
-    """One component's parameters and buffers (each tensor once), moved by swapping each tensor's data."""
+    """One component's parameters and buffers (each tensor once), moved by swapping each tensor's data. `pin`
+    False keeps its host copies pageable (the block installer pins only what the host can spare); None pins them."""
+
+    pin: bool | None = None
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
@@ -190,7 +193,7 @@ class Weights:
         device is pinned the first time (it then moves at full bandwidth, and asynchronously: it never changes
         while the copy runs); without host copies nothing is pinned."""
         kept = []
-        pin = keep_host and device.type == "cuda"
+        pin = keep_host and device.type == "cuda" and self.pin is not False
         for tensor in self.tensors():
             data = tensor.data
             if data.device != HOST:
@@ -285,6 +288,26 @@ class Course:
 
 
 # -- the residency ---------------------------------------------------------------------------------------------
+def evict(weights: Weights, device: torch.device, trace, key: str, reason: str | None,
+          copied_back: dict[int, int]) -> None:
+    """`weights` leave the device; what changed there is copied back to the host (its bytes added to
+    `copied_back` for the trace's call, and said in the offload's reason), and the trace records the offload."""
+    back = weights.evict(device)
+    if back:
+        call = trace.call
+        copied_back[call] = copied_back.get(call, 0) + back
+        reason = f"{reason}; {COPIED_BACK}" if reason else COPIED_BACK
+    trace.offload(key, reason)
+
+
+def finish_call(trace, copied_back: dict[int, int], now: float) -> None:
+    """The trace closes the call; bytes copied back are kept for as many calls as the trace keeps."""
+    trace.end_call(now)
+    oldest = trace.call - trace.keep_calls
+    for call in [c for c in copied_back if c < oldest]:
+        del copied_back[call]
+
+
 class Residency:
     """What is on one device and what moves before each use (see the module docstring). Holds the trace, the
     modules and the schedule, never the handle or the pipeline."""
@@ -455,24 +478,16 @@ class Residency:
         self.trace.load(name, reason)
 
     def _evict(self, name: str, reason: str | None) -> None:
-        back = self.weights[name].evict(self.device)
         del self.resident[name]
-        if back:
-            call = self.trace.call
-            self.copied_back[call] = self.copied_back.get(call, 0) + back
-            reason = f"{reason}; {COPIED_BACK}" if reason else COPIED_BACK
-        self.trace.offload(name, reason)
+        evict(self.weights[name], self.device, self.trace, name, reason, self.copied_back)
 
     def end_call(self, now: float) -> None:
         """The call is over: components outside the plan leave the device (as diffusers' own hooks would), the
         trace closes the call, and the next use chooses the next call's course."""
         for name in [n for n in self.resident if n not in self.planned and n not in self.fixed]:
             self._evict(name, OWN_HOOK)
-        self.trace.end_call(now)
         self.started = None
-        oldest = self.trace.call - self.trace.keep_calls  # bounded as the trace is
-        for call in [c for c in self.copied_back if c < oldest]:
-            del self.copied_back[call]
+        finish_call(self.trace, self.copied_back, now)
 
     def offload_all(self, reason: str | None) -> None:
         """Everything off the device (the exclusions too), in component order; the next call starts from an
@@ -528,8 +543,9 @@ class BudgetInstaller:
         modules = handle._prepare(ending)  # snapshots each new module before the residency moves its weights
         if modules is None:
             return
-        first = not residency.weights
+        first = self._first()
         residency.sync(modules)
+        self._synced(first)
         device = handle.execution_device
         hooked = {}
         for name, module in modules.items():
@@ -539,10 +555,21 @@ class BudgetInstaller:
             if compat.hook_of(module) is not hook:
                 add_hook_to_module(module, hook)
             hooked[name] = (module, hook)
+            self._hooked(name)
         self.hooks = {name: hook for name, (_, hook) in hooked.items()}
         handle._hooked = hooked
         handle._blocked = False
         residency.settle(first)
+
+    def _first(self) -> bool:
+        """Whether the residency has not yet seen the pipeline's modules (the first install)."""
+        return not self.residency.weights
+
+    def _synced(self, first: bool) -> None:
+        """After the residency has synced the modules, before the hooks go on (the block installer pins here)."""
+
+    def _hooked(self, name: str) -> None:
+        """After component `name` has its hook (the block installer hooks its blocks here)."""
 
     def offload_all(self) -> None:
         self.residency.offload_all(OFFLOAD_ALL)

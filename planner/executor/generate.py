@@ -14,7 +14,7 @@ import os
 import stat
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.plan import Plan, PlanError, Problem
@@ -83,11 +83,17 @@ def run(plan: Plan, request: Request) -> str:
     compat.require()  # a diffusers that moved what the executor reads is found before the weights are loaded
 
     budgeted = plan.policy == "budget"
+    if budgeted and plan.granularity == "block" and plan.steps != request.steps:
+        plan = replace(plan, steps=request.steps)  # the block schedule counts the denoiser's forwards this run makes
     size = budget.budget_for(plan, devices.target(plan), request.dry_run, at) if budgeted else None
     with console(request.progress):
         pipe = load_pipeline(plan, source, at)
         pipe.set_progress_bar_config(disable=not request.progress)
-        if budgeted and (problems := budget.budget_problems(pipe, plan, size, at)):
+        if budgeted and plan.granularity == "block":  # the block schedule and pin choice, located at the flags
+            from planner.executor.blockwise import prepare
+
+            prepare(pipe, plan, size, devices.target(plan), request.dry_run, at)
+        elif budgeted and (problems := budget.budget_problems(pipe, plan, size, at)):
             raise PlanError(problems)  # located at --budget when the flag set it; apply would say it at the plan
         applied = apply(pipe, plan, dry_run=request.dry_run, calls=request.calls)
         try:
@@ -350,8 +356,9 @@ def summary(applied, request: Request, events: bool | None = None) -> str:
         lines.append(f"kept on the device: {', '.join(kept)}")
     lines.append("")
     lines.append(f"{'component':<20}{'size':>12}")
-    for name, role in _running_order(plan, trace.sizes):
-        lines.append(f"{name + role:<20}{_mb(trace.sizes[name]):>12}")
+    sizes = _component_sizes(trace.sizes)
+    for name, role in _running_order(plan, sizes):
+        lines.append(f"{name + role:<20}{_mb(sizes[name]):>12}")
     lines.append("")
     back = applied.copied_back  # the budget policy: evictions copy nothing back unless a weight changed
     header = f"{'call':<6}{'loaded':>12}"
@@ -382,7 +389,22 @@ def _policy_line(applied) -> str:
         (schedule.note if schedule is not None else "no schedule fits the budget")
     copies = "host copies kept: an eviction copies back only weights changed on the device" \
         if applied.plan.keep_host_copy else "no host copies: every eviction copies back"
-    return f"policy budget: {human(applied.budget)} on {applied.target} ({how}; {copies})"
+    line = f"policy budget: {human(applied.budget)} on {applied.target} ({how}; {copies})"
+    used = applied.host  # granularity block: what the host holds and pins
+    if used is None:
+        return line
+    return (f"{line}\ngranularity block: {len(applied.schedule.streamed)} block(s) streamed, "
+            f"{human(applied.schedule.h2d_bytes)} per steady call; host copies held {human(used.held)}, "
+            f"pinned {human(used.pinned)}: {used.note}")
+
+
+def _component_sizes(sizes: dict) -> dict:
+    """The trace's sizes per component: a block plan's `component/block` names summed into their component."""
+    found: dict = {}
+    for name, size in sizes.items():
+        component = name.split("/", 1)[0]
+        found[component] = found.get(component, 0) + size
+    return found
 
 
 def _running_order(plan: Plan, sizes: dict) -> list[tuple[str, str]]:

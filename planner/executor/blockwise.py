@@ -1,0 +1,805 @@
+"""The budget policy at `granularity: block`: some blocks of a component stay on the device, the others stream.
+
+`planner.blocks` decides (`model_for`, `solve`, `forwards`: what each forward of a call holds, streams and drops);
+this module carries it out on a pipeline. A component's blocks come from its module tree: each tensor goes to
+`planner.sizes.block_of(its name)`, the naming of the safetensors reader, so the executor's blocks are the ones
+`planner simulate --granularity block` reads from a folder (bytes as `components.module_bytes` counts them, which
+also sees the non-persistent buffers). A tensor reached under two blocks' names (tied weights), or a block that is
+not a submodule, goes to REST, which is on the device for every forward of its component.
+
+Hooks (accelerate `ModelHook`s, as the budget installer's, for the same reasons): every model component has the
+budget installer's own `BudgetHook`, whose action here starts a forward (diffusers calls it for `vae.decode`
+through `apply_forward_hook`, which has no post_forward, so a forward ends when the next one starts or the call
+ends); every block submodule has a `BlockHook` that loads the block before it runs (and, with prefetch, starts
+copying the next streamed block) and drops it after it runs when it streams. The residency follows the script
+(`blocks.forwards`) by counting component forwards within the call; the call ends where the budget installer's
+does (diffusers' `maybe_free_model_hooks`, routed to the handle).
+
+When reality differs from the script, the budget still holds: a forward the script has no place for (an
+unpredicted component, a component outside the plan, one more step than planned) holds its component's REST and
+streams its blocks, making room by dropping blocks of other components first, least recently used first; a
+forward the script has a place for first drops whatever the script would not have on the device there. Every
+transfer the script did not plan is labelled (`Event.reason`). Exclusions stay on the device as whole components.
+
+Weights move as `budget.Weights` moves them (their `.data` swapped, host copies kept with `keep_host_copy`). On a
+CUDA device, prefetch copies the next streamed block on a side stream from pinned memory (`SideStream`); anywhere
+else (a dry run, a CPU) the same copy is made synchronously at the same point (`Inline`), so the trace is the same.
+Host copies are pinned only for the blocks `planner.host.choose_pinned` picks within the host's spare memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import torch
+from accelerate.hooks import ModelHook, add_hook_to_module
+
+from planner import blocks, host
+from planner.blocks import BlockSchedule, Forward
+from planner.executor import compat
+from planner.executor.budget import (
+    HOST,
+    MOVED,
+    OFF_SCHEDULE,
+    OWN_HOOK,
+    SWAPPED,
+    UNPREDICTED,
+    BudgetHook,
+    BudgetInstaller,
+    Weights,
+    evict,
+    finish_call,
+)
+from planner.executor.chain import AFTER_OFFLOAD_ALL
+from planner.executor.components import model_components
+from planner.plan import Plan, PlanError, Problem
+from planner.rules import PLN307, PLN411
+from planner.sizes import REST, block_of, block_order
+from planner.units import human
+
+# Why a transfer happened, when the script did not plan it (Event.reason); budget's labels too (UNPREDICTED: a
+# planned component ran where the script has no forward of it; OWN_HOOK: a component outside the plan ran).
+UNPLANNED_FORWARD = "forward the schedule did not plan"  # one more forward of the component just run
+RAN_AGAIN = "ran again within its forward"  # a streamed block its forward runs twice (a VAE's per-frame loop)
+OUTSIDE = "ran outside its component's forward"
+PREFETCH_UNUSED = "prefetched, did not run"
+REPLANNED = "component changed: re-planned"
+
+
+def key_of(component: str, block: str) -> str:
+    """The trace's name of a block: `unet/down_blocks.0`, `unet/rest`."""
+    return f"{component}/{block}"
+
+
+# -- blocks from the module tree ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Partition:
+    """One component's tensors by block: `tensors` block -> its tensors (each tensor in exactly one block), in
+    run order with REST last (always there); `modules` block -> its submodule (REST has none)."""
+
+    tensors: Mapping[str, tuple[torch.Tensor, ...]]
+    modules: Mapping[str, torch.nn.Module]
+
+    def __post_init__(self):
+        object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+        object.__setattr__(self, "modules", MappingProxyType(dict(self.modules)))
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Bytes per block; they sum to `components.module_bytes` of the component."""
+        return {b: sum(t.numel() * t.element_size() for t in ts) for b, ts in self.tensors.items()}
+
+    def same(self, other: "Partition") -> bool:
+        """The same tensors in the same blocks, of the same sizes (nothing added, replaced or resized)."""
+        return self.sizes == other.sizes and all(
+            tuple(map(id, ts)) == tuple(map(id, other.tensors[b])) for b, ts in self.tensors.items())
+
+
+def partition(module: torch.nn.Module) -> Partition:
+    """`module`'s parameters and buffers grouped by `block_of(name)`, each tensor once. A tensor named in several
+    blocks (tied), or in a block that is not a submodule of its own (a parameter list's item, a module shared
+    under two names), belongs to REST; a block inside another block belongs to the outer one."""
+    names: dict[int, set[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    for name, tensor in itertools.chain(module.named_parameters(remove_duplicate=False),
+                                        module.named_buffers(remove_duplicate=False)):
+        names.setdefault(id(tensor), set()).add(block_of(name))
+        tensors.setdefault(id(tensor), tensor)
+    wanted = {b for found in names.values() for b in found if b != REST}
+    modules = _block_modules(module, wanted)
+    outer = {b: _outermost(b, modules) for b in wanted}
+    groups: dict[str, list[torch.Tensor]] = {}
+    for key, found in names.items():
+        owners = {outer[b] if b != REST else REST for b in found}
+        block = owners.pop() if len(owners) == 1 else REST
+        groups.setdefault(block, []).append(tensors[key])
+    order = sorted((b for b in groups if b != REST), key=block_order)  # the order planner.sizes gives blocks
+    return Partition({**{b: tuple(groups[b]) for b in order}, REST: tuple(groups.get(REST, ()))},
+                     {b: modules[b] for b in order})
+
+
+def _block_modules(module: torch.nn.Module, names: set[str]) -> dict[str, torch.nn.Module]:
+    """The submodule of each block name, for those that are one, and only once (a submodule reached under two
+    names would get two hooks' worth of bookkeeping for one forward)."""
+    found = {}
+    for name in names:
+        try:
+            sub = module.get_submodule(name)
+        except AttributeError:  # a parameter list's item, or a name through a non-module attribute
+            continue
+        if isinstance(sub, torch.nn.Module) and sub is not module:
+            found[name] = sub
+    counts = Counter(id(sub) for sub in found.values())
+    return {name: sub for name, sub in found.items() if counts[id(sub)] == 1}
+
+
+def _outermost(block: str, modules: Mapping[str, torch.nn.Module]) -> str:
+    """The outermost block containing `block` (itself when none does), or REST when it is no submodule."""
+    if block not in modules:
+        return REST
+    parts = block.split(".")
+    for depth in range(1, len(parts)):
+        prefix = ".".join(parts[:depth])
+        if prefix in modules:
+            return prefix
+    return block
+
+
+# -- before anything changes -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostUse:
+    """The host's side of a block plan: `held` bytes of host copies of the moved blocks, `pinned` bytes of them
+    pinned (never above the host's spare memory), `note` says what was pinned, or why nothing was."""
+
+    held: int
+    pinned: int
+    note: str
+
+    def to_json(self) -> dict:
+        return {"host_bytes": self.held, "pinned_bytes": self.pinned, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` found: every model component's blocks ({block: bytes}), the schedule, the pin choice, and
+    whether host copies are pinned here (`pins`: a CUDA target that torch can reach, not a dry run)."""
+
+    blocks: Mapping[str, Mapping[str, int]]
+    schedule: BlockSchedule
+    pinning: host.Pinning
+    pins: bool
+    host: HostUse
+
+
+def prepare(pipe, plan: Plan, budget: int, target: torch.device, dry_run: bool, at=None) -> Prepared:
+    """The block schedule of `plan` on `pipe` within `budget`, and the host copies to pin. Raises `PlanError`
+    (nothing has changed yet): PLN307 when the budget cannot hold a forward's REST with its largest blocks in
+    flight beside the exclusions (or HiGHS finds no schedule), PLN411 when `pin: true` asks more than the host can
+    spare. `at(key, rule, message, fix)` locates the problem (default `plan.problem`)."""
+    at = at or plan.problem
+    found = {name: partition(module).sizes for name, module in model_components(pipe).items()}
+    model = blocks.model_for(plan, found, budget, granularity="block")
+    problem = _too_small(plan, model, found, at)
+    if problem is not None:
+        raise PlanError([problem])
+    try:
+        schedule = blocks.solve(model)
+    except blocks.BlockError as error:
+        raise PlanError([at("budget" if plan.budget is not None else "policy", PLN307, str(error),
+                            "raise the budget")]) from None
+    moved = {key_of(c, b): (model.size((c, b)), schedule.loads((c, b))) for c, b in model.keys}
+    memory = host.read_host_memory()
+    try:
+        pinning = host.choose_pinned(moved, plan.pin, memory.spare, host=memory)
+    except host.PinError as error:
+        raise PlanError([at("pin", PLN411, str(error).split(";")[0], "write pin: auto (it pins what the host can "
+                            "spare), or raise the container's memory limit")]) from None
+    why = _no_pinning(plan, target, dry_run)
+    pins = why is None
+    note = pinning.note if pins else f"nothing pinned ({why}); pin: {pinning.pin} would pin " \
+                                     f"{human(pinning.pinned_bytes)} of {human(pinning.spare)} the host can spare"
+    return Prepared(MappingProxyType(found), schedule, pinning, pins,
+                    HostUse(pinning.host_bytes, pinning.pinned_bytes if pins else 0, note))
+
+
+def least_budget(model: blocks.Model, found: Mapping[str, Mapping[str, int]], plan: Plan) -> tuple[int, str]:
+    """The least budget the executor needs, and the component that needs it: the schedule's least (`Model.
+    least_budget`), and for every moved component (the plan's, and those outside it) its REST with its largest
+    block beside the exclusions: what a forward the script did not plan holds."""
+    needed, component = model.least_budget()
+    for name, sizes in found.items():
+        if name in plan.exclude:
+            continue
+        need = model.resident_bytes + sizes.get(REST, 0) + max((v for b, v in sizes.items() if b != REST), default=0)
+        if need > needed:
+            needed, component = need, name
+    return needed, component
+
+
+def _too_small(plan: Plan, model: blocks.Model, found, at) -> Problem | None:
+    needed, component = least_budget(model, found, plan)
+    budget = model.budget
+    if needed <= budget:
+        return None
+    source = "" if plan.budget is not None else " (the device's free memory minus reserve)"
+    flight = "two blocks" if model.prefetch else "one block"
+    return at("budget" if plan.budget is not None else "policy", PLN307,
+              f"a budget of {human(budget)} ({budget} bytes){source} is too small for granularity block: "
+              f"{component!r} needs {human(needed)} ({needed} bytes) to run block by block (its parts outside the "
+              f"blocks held, room for {flight} in flight) beside what stays resident",
+              f"raise it to at least {human(needed)} ({needed} bytes)")
+
+
+def _no_pinning(plan: Plan, target: torch.device, dry_run: bool) -> str | None:
+    """Why no host copy is pinned here, or None when the chosen ones are."""
+    if dry_run:
+        return "a dry run moves nothing to a device"
+    if target.type != "cuda":
+        return f"pinned memory speeds up CUDA copies only, not {target.type}"
+    if not torch.cuda.is_available():
+        return "CUDA is not available to torch"
+    if not plan.keep_host_copy:
+        return "keep_host_copy: false keeps no host copies to pin"
+    return None
+
+
+# -- moving blocks -----------------------------------------------------------------------------------------------
+class BlockWeights(Weights):
+    """One block's tensors, moved as `budget.Weights` moves a whole component: found in its submodule when they
+    move (a LoRA adapter loaded into a resident block leaves the device with it), but for those its component's
+    partition gave to REST (`foreign`: tied to a tensor outside the block)."""
+
+    def __init__(self, module: torch.nn.Module, foreign: frozenset[int], pin: bool):
+        super().__init__(module)
+        self.foreign, self.pin = foreign, pin
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in super().tensors() if id(t) not in self.foreign]
+
+
+class RestWeights(Weights):
+    """A component's REST: its tensors outside every block, found when they move."""
+
+    def __init__(self, module: torch.nn.Module, parts: list[BlockWeights], pin: bool):
+        super().__init__(module)
+        self.parts, self.pin = parts, pin
+
+    def tensors(self) -> list[torch.Tensor]:
+        inside = {id(t) for part in self.parts for t in part.tensors()}
+        return [t for t in super().tensors() if id(t) not in inside]
+
+
+class Inline:
+    """Copies made where the caller runs (a dry run, a CPU, a device without streams): a prefetch is the same
+    load made at the same point, synchronously."""
+
+    def copy(self, load: Callable[[], list[torch.Tensor]]):
+        load()
+        return None
+
+    def wait(self, event) -> None:
+        """Nothing to wait for: the copy is done."""
+
+
+class SideStream:
+    """Copies on a CUDA side stream, so that the next block arrives while the current one computes. `copy` runs
+    the load with the side stream current (its allocations and copies are ordered there) and returns an event
+    recorded after it; every tensor it put on the device is marked as used by the compute stream
+    (`record_stream`), so the allocator never hands its memory to a later copy while a kernel may still read it.
+    `wait` makes the compute stream wait for that event before the block runs (or is dropped). `cuda` stands in
+    for `torch.cuda` in tests."""
+
+    def __init__(self, device: torch.device, cuda=None):
+        self.cuda = cuda if cuda is not None else torch.cuda
+        self.device = device
+        self.stream = self.cuda.Stream(device=device)
+
+    def copy(self, load: Callable[[], list[torch.Tensor]]):
+        with self.cuda.stream(self.stream):
+            tensors = load()
+            event = self.cuda.Event()
+            event.record(self.stream)
+        compute = self.cuda.current_stream(self.device)
+        for tensor in tensors:
+            self.record(tensor, compute)
+        return event
+
+    def record(self, tensor: torch.Tensor, stream) -> None:
+        tensor.record_stream(stream)
+
+    def wait(self, event) -> None:
+        if event is not None:
+            self.cuda.current_stream(self.device).wait_event(event)
+
+
+def copier_for(device: torch.device, prefetch: bool):
+    """A `SideStream` where prefetch can overlap (a CUDA device torch reaches), else `Inline`."""
+    if prefetch and device.type == "cuda" and torch.cuda.is_available():
+        return SideStream(device)
+    return Inline()
+
+
+# -- the block hook --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockHookConfig:
+    """What a block hook is for: its component, its block and the device its component runs on."""
+
+    component: str
+    block: str
+    execution_device: torch.device
+
+
+class BlockHook(ModelHook):
+    """Around one block's forward: `enter(component, block)` before it (the block made resident, the next
+    streamed one maybe prefetched), `leave(component, block)` after it (a streamed block dropped)."""
+
+    def __init__(self, config: BlockHookConfig, enter, leave):
+        self.config, self.enter, self.leave = config, enter, leave
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self.config.execution_device
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.enter(self.config.component, self.config.block)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.leave(self.config.component, self.config.block)
+        return output
+
+    def __repr__(self) -> str:
+        return f"BlockHook({key_of(self.config.component, self.config.block)!r} on {self.config.execution_device})"
+
+
+# -- the residency ---------------------------------------------------------------------------------------------
+@dataclass
+class _Open:
+    """The forward running now: its component, the script's `forward` it follows (None: one the script has no
+    place for), the `reason` its off-script loads carry (None while it follows the script), the blocks dropped
+    right after they run, those run so far, a prefetched block not run yet, and whether the blocks run in the
+    order this forward ran in before (prefetch follows that order)."""
+
+    component: str
+    forward: Forward | None
+    reason: str | None
+    transient: set[str] = field(default_factory=set)
+    ran: list[str] = field(default_factory=list)
+    pending: str | None = None
+    ordered: bool = False
+
+
+def _states(script: tuple[Forward, ...], start: frozenset[str]) -> tuple[tuple[frozenset[str], ...], frozenset[str]]:
+    """What the script has on the device before each forward of a call starting from `start`, and at its end."""
+    on, found = set(start), []
+    for f in script:
+        found.append(frozenset(on))
+        on.update(key_of(f.component, b) for b in f.held)
+        on.difference_update(key_of(f.component, b) for b in f.drop_after)
+    return tuple(found), frozenset(on)
+
+
+class BlockResidency:
+    """What is on one device, block by block, and what moves around each forward (see the module docstring).
+    Holds the trace, the modules and the schedule, never the handle or the pipeline."""
+
+    def __init__(self, trace, device: torch.device, budget: int, plan: Plan, prepared: Prepared, copier):
+        self.trace, self.device, self.budget, self.plan, self.copier = trace, device, budget, plan, copier
+        self.keep_host = plan.keep_host_copy
+        self.fixed = frozenset(plan.exclude)
+        self.planned = frozenset(plan.sequence) | frozenset(plan.call_order)
+        self.prefetch = plan.prefetch
+        self.pinned_keys = frozenset(prepared.pinning.pinned) if prepared.pins else frozenset()
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.partitions: dict[str, Partition] = {}
+        self.weights: dict[str, Weights] = {}
+        self.sizes: dict[str, int] = {}  # trace key -> bytes: blocks as "component/block", exclusions by name
+        self.solved_for = {name: dict(sizes) for name, sizes in prepared.blocks.items()}
+        self._script(prepared.schedule)
+        self.on: dict[str, None] = {}  # on the device now, least recently used first
+        self.why: dict[str, str | None] = {}  # the reason each block on the device was loaded for
+        self.events: dict[str, object] = {}  # prefetched blocks whose copy may still run
+        self.order: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}  # blocks as they last ran per forward
+        self.open: _Open | None = None
+        self.outside: set[str] = set()
+        self.started: int | None = None
+        self.cursor = 0
+        self.seen: set[str] = set()
+        self.states = self.first
+        self.parked: set[str] = set()
+        self.copied_back: dict[int, int] = {}
+        self.pinned: list[torch.Tensor] = []
+        self.warned = False
+
+    def _script(self, schedule: BlockSchedule | None) -> None:
+        self.schedule = schedule
+        self.script = blocks.forwards(schedule) if schedule is not None else ()
+        self.first, self.end = _states(self.script, frozenset())
+        self.steady, _ = _states(self.script, self.end)
+
+    # -- the components ----------------------------------------------------------------------------------------
+    def sync(self, modules: dict) -> None:
+        """Follow the pipeline's components: a swapped or removed one leaves the device, a changed one (tensors
+        added, replaced or resized: a LoRA loaded) is re-partitioned and the schedule solved again; weights moved
+        by someone else are forgotten."""
+        for name in [n for n in self.modules if n not in modules or self.modules[n] is not modules[n]]:
+            self._forget_component(name, SWAPPED)
+        for name, module in modules.items():
+            found = partition(module)
+            if name in self.partitions and self.partitions[name].same(found):
+                continue
+            if name in self.partitions:
+                self._forget_component(name, REPLANNED)
+            self._add_component(name, module, found)
+        for key in [k for k in self.on if not self.weights[k].intact()]:
+            if key in self.events:
+                self.copier.wait(self.events.pop(key))
+            self.weights[key].forget()
+            del self.on[key]
+            self.why.pop(key, None)
+            self.trace.offload(key, MOVED)
+        self.trace.sizes = self.sizes
+        current = {name: self.partitions[name].sizes for name in self.modules}
+        if current != self.solved_for:
+            self.solved_for = current
+            model = blocks.model_for(self.plan, current, self.budget, granularity="block")
+            try:
+                self._script(blocks.solve(model))
+            except blocks.BlockError:  # grown past the budget: every forward streams, as the script has none
+                self._script(None)
+
+    def _add_component(self, name: str, module, found: Partition) -> None:
+        self.modules[name], self.partitions[name] = module, found
+        if name in self.fixed:
+            whole = Weights(module)
+            whole.pin = False  # loaded once and kept: pinning would hold page-locked RAM for nothing
+            self._add(name, whole, sum(found.sizes.values()))
+            return
+        parts = []
+        for block, sub in found.modules.items():
+            key = key_of(name, block)
+            own = {id(t) for t in found.tensors[block]}
+            foreign = frozenset(id(t) for t in Weights(sub).tensors() if id(t) not in own)
+            parts.append(BlockWeights(sub, foreign, key in self.pinned_keys))
+            self._add(key, parts[-1], found.sizes[block])
+        rest = key_of(name, REST)
+        self._add(rest, RestWeights(module, parts, rest in self.pinned_keys), found.sizes[REST])
+
+    def _add(self, key: str, weights: Weights, size: int) -> None:
+        weights.home()
+        self.weights[key], self.sizes[key] = weights, size
+
+    def _forget_component(self, name: str, reason: str) -> None:
+        keys = [k for k in self.weights if k == name or k.startswith(name + "/")]
+        for key in keys:
+            if key in self.on:
+                self._evict(key, reason)
+        for key in keys:
+            del self.weights[key], self.sizes[key]
+        del self.modules[name], self.partitions[name]
+
+    def settle(self, first: bool) -> None:
+        """The exclusions on the device, in name order, but those `offload_all()` took off (back when they run)."""
+        for name in sorted((self.fixed & self.modules.keys()) - self.parked):
+            if name not in self.on:
+                self._make_room(name, {name}, SWAPPED)
+                self._load(name, None if first else SWAPPED)
+
+    def pin(self) -> int:
+        """Pin the chosen blocks' host copies now (where `prepare` said host copies are pinned); the bytes pinned."""
+        pinned = 0
+        for key in self.pinned_keys:
+            for tensor in self.weights[key].tensors() if key in self.weights else ():
+                if tensor.device == HOST and not tensor.is_pinned():
+                    tensor.data = tensor.data.pin_memory()
+                    self.pinned.append(tensor)
+                    pinned += tensor.numel() * tensor.element_size()
+        return pinned
+
+    def unpin(self) -> None:
+        """The pinned host copies back in pageable memory (what is on the host now; the page-locked buffers are
+        freed once nothing holds them)."""
+        for tensor in self.pinned:
+            if tensor.device == HOST and tensor.is_pinned():
+                tensor.data = tensor.data.clone()
+        self.pinned = []
+
+    # -- a component's forward starts -------------------------------------------------------------------------
+    def use(self, name: str) -> None:
+        """Before a forward of component `name` (its `BudgetHook`): the forward before it ends, then the script's
+        next forward of `name` is followed, or this one is handled as the script did not plan it."""
+        self.trace.begin(time.perf_counter())
+        if self.started != self.trace.call:
+            self._start_call()
+        if name in self.fixed:
+            if name not in self.on:  # taken off by offload_all()
+                self.parked.discard(name)
+                self._make_room(name, {name}, AFTER_OFFLOAD_ALL)
+                self._load(name, AFTER_OFFLOAD_ALL)
+            return
+        j = self._match(name)
+        if j is not None:
+            self._close()
+            self._follow(j)
+        elif self.open is not None and self.open.component == name:
+            self._again(name)
+        else:
+            self._close()
+            self._unplanned(name)
+        self.seen.add(name)
+
+    def _start_call(self) -> None:
+        """A call starts from the script's steady state, or from its first call when no block is on the device
+        (the first call, or after offload_all)."""
+        self.started, self.cursor, self.seen, self.open = self.trace.call, 0, set(), None
+        moved = any(key not in self.fixed for key in self.on)
+        self.states = self.steady if moved else self.first
+
+    def _match(self, name: str) -> int | None:
+        """The script's next forward of `name`, passing over forwards of components this call ran already (the
+        pipeline made fewer of them than planned); None when the next forward is of another component."""
+        j = self.cursor
+        while j < len(self.script) and self.script[j].component != name and self.script[j].component in self.seen:
+            j += 1
+        return j if j < len(self.script) and self.script[j].component == name else None
+
+    def _follow(self, j: int) -> None:
+        """Forward `j` of the script: what the script would not have on the device goes, then REST and the held
+        blocks come (REST first), and the first streamed block is prefetched."""
+        f, state = self.script[j], self.states[j]
+        self.cursor = j + 1
+        self._realign(state)
+        held = [key_of(f.component, b) for b in f.held]
+        for key in held:
+            if key not in self.on:
+                reason = OFF_SCHEDULE if key in state else None
+                self._make_room(key, set(held), reason or OFF_SCHEDULE)
+                self._load(key, reason)
+            self._touch(key)
+        seen = self.order.get((f.component, f.blocks))
+        self.open = _Open(f.component, f, None, set(f.streamed), ordered=seen is not None)
+        self._prefetch(self.open)
+
+    def _again(self, name: str) -> None:
+        """One more forward of the component that just ran, where the script has none: it keeps what its forward
+        holds and streams the rest again."""
+        if name in self.planned:
+            self._warn(name)
+        open = self.open
+        open.reason = open.reason or UNPLANNED_FORWARD
+        open.ran, open.ordered = [], False
+
+    def _unplanned(self, name: str) -> None:
+        """A forward the script has no place for: its REST held, its blocks streamed (those on the device stay)."""
+        reason = UNPREDICTED if name in self.planned else OWN_HOOK
+        if reason == UNPREDICTED:
+            self._warn(name)
+        key = key_of(name, REST)
+        if key not in self.on:
+            self._make_room(key, {key}, reason)
+            self._load(key, reason)
+        self._touch(key)
+        self.open = _Open(name, None, reason)
+
+    def _close(self) -> None:
+        """The open forward is over: an unused prefetched block and its `drop_after` blocks leave the device, and
+        the order its blocks ran in is kept for the next prefetch."""
+        open, self.open = self.open, None
+        if open is None:
+            return
+        if open.pending is not None and key_of(open.component, open.pending) in self.on:
+            self._evict(key_of(open.component, open.pending), PREFETCH_UNUSED)
+        f = open.forward
+        if f is None:
+            return
+        for b in f.drop_after:
+            key = key_of(f.component, b)
+            if key in self.on:
+                self._evict(key, self.why.get(key))
+        if open.reason is None:
+            self.order[(f.component, f.blocks)] = tuple(open.ran)
+
+    def _realign(self, state: frozenset[str]) -> None:
+        """Drop what the script does not have on the device here (nothing, while reality follows it)."""
+        for key in [k for k in self.on if k not in state and k not in self.fixed]:
+            self._evict(key, self.why.get(key) or OFF_SCHEDULE)
+
+    # -- a block runs ------------------------------------------------------------------------------------------
+    def enter(self, component: str, block: str) -> None:
+        """Before `block` of `component` runs: on the device (waiting for its prefetch, or loaded now), then the
+        next streamed block prefetched."""
+        key = key_of(component, block)
+        open = self.open
+        if open is None or open.component != component:
+            if key not in self.on:
+                self._make_room(key, {key}, OUTSIDE)
+                self._load(key, OUTSIDE)
+                self.outside.add(key)
+            return
+        if key in self.events:
+            self.copier.wait(self.events.pop(key))
+        if open.pending == block:
+            open.pending = None
+        if key not in self.on:
+            f = open.forward
+            reason = open.reason or (RAN_AGAIN if block in open.ran else
+                                     None if f is not None and block in f.streamed else OFF_SCHEDULE)
+            protect = {key, key_of(component, REST), *(key_of(component, b) for b in (f.held if f else ()))}
+            self._make_room(key, protect, reason or OFF_SCHEDULE)
+            self._load(key, reason)
+            if f is None or block not in f.held:
+                open.transient.add(block)
+        self._touch(key)
+        open.ran.append(block)
+        seen = self.order.get((component, open.forward.blocks)) if open.forward is not None else None
+        if open.ordered and (seen is None or len(seen) < len(open.ran) or seen[len(open.ran) - 1] != block):
+            open.ordered = False  # the blocks run otherwise than before: no guessing which comes next
+        self._prefetch(open)
+
+    def leave(self, component: str, block: str) -> None:
+        """After `block` ran: dropped when it streams through its forward."""
+        key = key_of(component, block)
+        if key in self.outside:
+            self.outside.discard(key)
+            if key in self.on:
+                self._evict(key, OUTSIDE)
+            return
+        open = self.open
+        if open is not None and open.component == component and block in open.transient and key in self.on:
+            self._evict(key, self.why.get(key))
+
+    def _prefetch(self, open: _Open) -> None:
+        """Start copying the next streamed block of a forward that follows the script, in the order its blocks ran
+        last time, when one slot is free and the budget has room for it (it always has, by the schedule's bound:
+        two streamed blocks in flight)."""
+        f = open.forward
+        if not self.prefetch or f is None or open.reason is not None or open.pending is not None or not open.ordered:
+            return
+        seen = self.order[(f.component, f.blocks)]
+        ahead = next((b for b in seen[len(open.ran):] if b in f.streamed), None)
+        if ahead is None:
+            return
+        key = key_of(f.component, ahead)
+        if key in self.on or self.device_bytes() + self.sizes[key] > self.budget:
+            return
+        self._load(key, None, ahead=True)
+        open.pending = ahead
+
+    # -- moving ----------------------------------------------------------------------------------------------------
+    def device_bytes(self) -> int:
+        return sum(self.sizes[key] for key in self.on)
+
+    def _touch(self, key: str) -> None:
+        self.on[key] = self.on.pop(key)
+
+    def _make_room(self, key: str, protect: set[str], reason: str) -> None:
+        """Drop what does not fit beside `key`: blocks of other components first, then of the running one, least
+        recently used first; exclusions and `protect` never. Raises PlanError (PLN307) when it cannot fit."""
+        size = self.sizes[key]
+        excess = self.device_bytes() + size - self.budget
+        if excess <= 0:
+            return
+        running = self.open.component if self.open is not None else None
+        victims = sorted((k for k in self.on if k not in protect and k not in self.fixed),
+                         key=lambda k: k.split("/", 1)[0] == running)
+        for victim in victims:
+            if excess <= 0:
+                break
+            excess -= self.sizes[victim]
+            self._evict(victim, reason)
+        if excess > 0:
+            raise PlanError([self.plan.problem("budget", PLN307, f"{key!r} ({human(size)}) cannot fit within the "
+                                               f"budget of {human(self.budget)} beside what must stay on the device",
+                                               "raise the budget")])
+
+    def _load(self, key: str, reason: str | None, ahead: bool = False) -> None:
+        weights = self.weights[key]
+        if ahead:
+            self.events[key] = self.copier.copy(lambda: self._copy(weights))
+        else:
+            weights.load(self.device, self.keep_host)
+        self.on[key] = None
+        self.why[key] = reason
+        self.trace.load(key, reason)
+
+    def _copy(self, weights: Weights) -> list[torch.Tensor]:
+        weights.load(self.device, self.keep_host)
+        return [entry.tensor.data for entry in weights.kept]
+
+    def _evict(self, key: str, reason: str | None) -> None:
+        if key in self.events:  # a copy still running on the side stream must finish before its memory goes
+            self.copier.wait(self.events.pop(key))
+        del self.on[key]
+        self.why.pop(key, None)
+        evict(self.weights[key], self.device, self.trace, key, reason, self.copied_back)
+
+    def _warn(self, name: str) -> None:
+        if not self.warned:
+            self.warned = True
+            order = " -> ".join(f.component for f in self.script) or "none fits"
+            warnings.warn(f"offload-planner: {name!r} ran a forward the block schedule did not plan (its forwards: "
+                          f"{order}); it ran within the budget and the trace marks its transfers. Write the order "
+                          "the pipeline uses its components as `uses`, and its denoising steps as `steps`.",
+                          RuntimeWarning, stacklevel=4)
+
+    # -- the call ends ---------------------------------------------------------------------------------------------
+    def end_call(self, now: float) -> None:
+        """The call is over: the open forward ends, what the script does not keep into the next call leaves the
+        device, and the trace closes the call."""
+        self._close()
+        for key in [k for k in self.outside if k in self.on]:
+            self._evict(key, OUTSIDE)
+        self.outside.clear()
+        self._realign(self.end)
+        self.started = None
+        finish_call(self.trace, self.copied_back, now)
+
+    def offload_all(self, reason: str | None) -> None:
+        """Everything off the device (the exclusions too), in the trace's order; the next call starts as the
+        script's first call does."""
+        self.open = None
+        self.outside.clear()
+        self.parked |= self.fixed & self.on.keys()
+        for key in [k for k in self.sizes if k in self.on]:
+            self._evict(key, reason)
+
+
+# -- the installer ---------------------------------------------------------------------------------------------
+class BlockInstaller(BudgetInstaller):
+    """Installs the budget policy at block granularity: the budget installer's `BudgetHook` on every model
+    component (its action starts a forward) and a `BlockHook` on every block submodule of the moved components,
+    all driving one `BlockResidency`. The pipelines it routes (`hosts`), offload_all and copied_back are the budget
+    installer's."""
+
+    policy = "budget"
+
+    def __init__(self, handle, budget: int, prepared: Prepared):
+        self.handle, self.budget, self.prepared = handle, budget, prepared
+        copier = copier_for(handle.execution_device, handle.plan.prefetch)
+        self.residency = BlockResidency(handle.trace, handle.execution_device, budget, handle.plan, prepared, copier)
+        self.hooks: dict[str, BudgetHook] = {}
+        self.block_hooks: dict[tuple[str, str], BlockHook] = {}
+        self.pinned_bytes = 0
+
+    @property
+    def schedule(self) -> BlockSchedule | None:
+        return self.residency.schedule
+
+    @property
+    def host(self) -> HostUse:
+        """Host bytes held by the moved blocks' host copies, bytes pinned now, and the pin note."""
+        return HostUse(self.prepared.host.held, self.pinned_bytes, self.prepared.host.note)
+
+    def _first(self) -> bool:
+        return not self.residency.modules
+
+    def _synced(self, first: bool) -> None:
+        if first and self.prepared.pins:
+            self.pinned_bytes = self.residency.pin()
+
+    def _hooked(self, name: str) -> None:
+        if name not in self.residency.fixed:
+            self._hook_blocks(name, self.residency.partitions[name])
+
+    def _hook_blocks(self, name: str, found: Partition) -> None:
+        residency, device = self.residency, self.handle.execution_device
+        for block, sub in found.modules.items():
+            hook = self.block_hooks.get((name, block))
+            if hook is None:
+                hook = self.block_hooks[(name, block)] = BlockHook(BlockHookConfig(name, block, device),
+                                                                   residency.enter, residency.leave)
+            if compat.hook_of(sub) is not hook:
+                add_hook_to_module(sub, hook)
+
+    def release(self) -> None:
+        """Before the handle gives the modules back: every block off the device, the pinned host copies back in
+        pageable memory."""
+        self.residency.offload_all(None)
+        self.residency.unpin()
+        self.pinned_bytes = 0
