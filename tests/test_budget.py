@@ -548,3 +548,48 @@ def test_on_gpu_fuse_lora_on_the_device_is_copied_back(tiny_pipelines, tmp_path)
     for name, param in reference.unet.named_parameters():
         assert ours[name].device.type == "cpu"
         assert torch.allclose(ours[name].detach(), param.detach(), atol=1e-6), name
+
+
+# -- pinned host copies within the host's spare memory ----------------------------------------------------------
+def spare_host(monkeypatch, spare: int) -> None:
+    """This host can spare `spare` bytes (its memory as planner.host reads it, faked)."""
+    from planner import host
+
+    fake = host.HostMemory(total=8 << 30, available=spare + host.MARGIN, limit=None, usage=None)  # margin: 1 GiB
+    assert fake.spare == spare
+    monkeypatch.setattr(host, "read_host_memory", lambda **_: fake)
+
+
+def test_only_the_chosen_host_copies_are_pinned_and_never_more_than_the_host_spares(tiny_pipelines, tmp_path,
+                                                                                    monkeypatch):
+    pipe = load(tiny_pipelines["sd"])
+    sizes = sizes_of(pipe)
+    plan = write_plan(tmp_path, ["text_encoder", "unet", "vae"], budget=tight(sizes), exclude=["safety_checker"])
+    spare = sizes["unet"] + sizes["vae"]  # not all three
+    spare_host(monkeypatch, spare)
+    residency = budget_mod.Residency(planner.trace.Trace("cuda:0"), torch.device("cuda"), tight(sizes), plan, 4)
+    residency.sync({n: m for n, m in models(pipe).items() if n in sizes})
+    chosen = {name for name, weights in residency.weights.items() if weights.pin}
+    assert chosen and sum(sizes[n] for n in chosen) <= spare and "safety_checker" not in chosen
+    assert residency.pinning.pinned_bytes == sum(sizes[n] for n in chosen)
+    spare_host(monkeypatch, 0)
+    residency.sync({n: m for n, m in models(pipe).items() if n in sizes and n != "vae"})  # a change re-plans
+    assert not any(weights.pin for weights in residency.weights.values())
+
+
+def test_pin_true_beyond_the_spare_memory_is_pln411_before_anything_changes(tiny_pipelines, tmp_path, monkeypatch):
+    pipe = load(tiny_pipelines["sd"])
+    sizes = sizes_of(pipe)
+    plan = write_plan(tmp_path, ["text_encoder", "unet", "vae"], budget=tight(sizes))
+    plan = planner.load_plan(plan.path, {"pin": True})
+    spare_host(monkeypatch, 1 << 10)
+    before = state(pipe)
+    with pytest.raises(PlanError) as caught:
+        planner.apply(pipe, plan, dry_run=True)
+    [problem] = caught.value.problems
+    assert problem.rule == "PLN411" and "pin: auto" in problem.fix
+    assert state(pipe) == before
+    spare_host(monkeypatch, 1 << 40)
+    with planner.apply(pipe, plan, dry_run=True) as applied:
+        assert applied.host.held == sum(sizes[n] for n in ("text_encoder", "unet", "vae"))
+        assert applied.host.pinned == 0 and "CUDA" in applied.host.note  # a dry run pins nothing

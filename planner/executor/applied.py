@@ -225,8 +225,8 @@ class AppliedPlan:
 
     @property
     def host(self):
-        """Granularity block: the host's side (`blockwise.HostUse`: host bytes held, pinned bytes, the pin note);
-        None for the other policies."""
+        """Budget policy: the host's side (`budget.HostUse`: host bytes held, pinned bytes, the pin note); None for
+        the chain, which pins nothing of its own (accelerate's hooks move modules with `.to()`)."""
         return getattr(self._installer, "host", None)
 
     @property

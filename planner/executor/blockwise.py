@@ -52,14 +52,16 @@ from planner.executor.budget import (
     UNPREDICTED,
     BudgetHook,
     BudgetInstaller,
+    HostUse,
     Weights,
     evict,
     finish_call,
+    pin_problem,
 )
 from planner.executor.chain import AFTER_OFFLOAD_ALL
 from planner.executor.components import model_components
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN307, PLN411
+from planner.rules import PLN307
 from planner.sizes import REST, block_of, block_order
 from planner.units import human
 
@@ -153,19 +155,6 @@ def _outermost(block: str, modules: Mapping[str, torch.nn.Module]) -> str:
 
 # -- before anything changes -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class HostUse:
-    """The host's side of a block plan: `held` bytes of host copies of the moved blocks, `pinned` bytes of them
-    pinned (never above the host's spare memory), `note` says what was pinned, or why nothing was."""
-
-    held: int
-    pinned: int
-    note: str
-
-    def to_json(self) -> dict:
-        return {"host_bytes": self.held, "pinned_bytes": self.pinned, "note": self.note}
-
-
-@dataclass(frozen=True)
 class Prepared:
     """What `prepare` found: every model component's blocks ({block: bytes}), the schedule, the pin choice, and
     whether host copies are pinned here (`pins`: a CUDA target that torch can reach, not a dry run)."""
@@ -198,8 +187,7 @@ def prepare(pipe, plan: Plan, budget: int, target: torch.device, dry_run: bool, 
     try:
         pinning = host.choose_pinned(moved, plan.pin, memory.spare, host=memory)
     except host.PinError as error:
-        raise PlanError([at("pin", PLN411, str(error).split(";")[0], "write pin: auto (it pins what the host can "
-                            "spare), or raise the container's memory limit")]) from None
+        raise PlanError([pin_problem(plan, error, at)]) from None
     why = _no_pinning(plan, target, dry_run)
     pins = why is None
     note = pinning.note if pins else f"nothing pinned ({why}); pin: {pinning.pin} would pin " \
@@ -457,8 +445,7 @@ class BlockResidency:
     def _add_component(self, name: str, module, found: Partition) -> None:
         self.modules[name], self.partitions[name] = module, found
         if name in self.fixed:
-            whole = Weights(module)
-            whole.pin = False  # loaded once and kept: pinning would hold page-locked RAM for nothing
+            whole = Weights(module)  # loaded once and kept: not pinned, which would hold page-locked RAM for nothing
             self._add(name, whole, sum(found.sizes.values()))
             return
         parts = []

@@ -28,19 +28,21 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate.hooks import ModelHook, add_hook_to_module
 from accelerate.utils import send_to_device
 
+from planner import host
 from planner import schedule as schedules
 from planner.executor import compat, devices
 from planner.executor.chain import AFTER_OFFLOAD_ALL, OFFLOAD_ALL
 from planner.executor.components import connected_pipes, model_components, module_bytes
 from planner.executor.shadows import Host
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN307
+from planner.rules import PLN307, PLN411
 from planner.units import human
 
 HORIZON = 4  # calls a schedule is planned for when the caller does not say how many
@@ -85,13 +87,57 @@ def budget_problems(pipe, plan: Plan, budget: int, at=None) -> list[Problem]:
     largest = max(moved, key=lambda name: (sizes[name], name), default=None)
     needed = fixed + (sizes[largest] if largest is not None else 0)
     if needed <= budget:
-        return []
+        return _pin_problems(plan, sizes, budget, at)
     what = f"component {largest!r} needs {human(sizes[largest])}" if largest else "the exclusions need it all"
     kept = f" beside {human(fixed)} of exclusions, which stay resident" if fixed and largest else ""
     source = "" if plan.budget is not None else " (the device's free memory minus reserve)"
     key = "budget" if plan.budget is not None else "policy"
     return [at(key, RULE, f"a budget of {human(budget)} ({budget} bytes){source} is too small: {what}"
                          f"{kept}", f"raise it to at least {human(needed)} ({needed} bytes)")]
+
+
+@dataclass(frozen=True)
+class HostUse:
+    """The host's side of a budget plan: `held` bytes of host copies of what moves, `pinned` bytes of them pinned
+    (never above the host's spare memory, `planner.host`), `note` says what was pinned, or why nothing was."""
+
+    held: int
+    pinned: int
+    note: str
+
+    def to_json(self) -> dict:
+        return {"host_bytes": self.held, "pinned_bytes": self.pinned, "note": self.note}
+
+
+def pin_choice(plan: Plan, planned: schedules.Schedule | None, sizes: dict[str, int]) -> host.Pinning:
+    """Which components' host copies `plan.pin` pins within what this host can spare, the most often loaded
+    first (loads per call: the schedule's last call; every moved component once when there is no schedule).
+    Raises `host.PinError` for `pin: true` beyond it."""
+    last = planned.calls if planned is not None else None
+    loads = Counter(e.component for e in planned.events if e.event == "load" and e.call == last) if planned else None
+    moved = {name: (size, loads.get(name, 0) if loads is not None else 1) for name, size in sizes.items()
+             if name not in plan.exclude}
+    memory = host.read_host_memory()
+    return host.choose_pinned(moved, plan.pin, memory.spare, host=memory)
+
+
+def pin_problem(plan: Plan, error: host.PinError, at=None) -> Problem:
+    """PLN411 for `pin: true` beyond what the host can spare, located at the plan's `pin` (or `at`'s)."""
+    return (at or plan.problem)("pin", PLN411, str(error).split(";")[0], "write pin: auto (it pins what the host "
+                                "can spare), or raise the container's memory limit")
+
+
+def _pin_problems(plan: Plan, sizes: dict[str, int], budget: int, at) -> list[Problem]:
+    """PLN411 when `pin: true` asks to pin more than the host can spare, on the schedule the plan will follow."""
+    if plan.pin != "true" or not plan.keep_host_copy:
+        return []
+    uses = [name for name in plan.call_order if name in sizes]
+    planned = schedules.optimal(uses, sizes, budget, HORIZON, resident=plan.exclude)
+    try:
+        pin_choice(plan, planned, sizes)
+    except host.PinError as error:
+        return [pin_problem(plan, error, at)]
+    return []
 
 
 # -- the hook ------------------------------------------------------------------------------------------------------
@@ -159,9 +205,10 @@ class _Kept:
 
 class Weights:
     """One component's parameters and buffers (each tensor once), moved by swapping each tensor's data. `pin`
-    False keeps its host copies pageable (the block installer pins only what the host can spare); None pins them."""
+    True pins its kept host copies on a CUDA device (what `pin_choice` chose within the host's spare memory);
+    False keeps them pageable."""
 
-    pin: bool | None = None
+    pin: bool = False
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
@@ -172,6 +219,12 @@ class Weights:
         for tensor in itertools.chain(self.module.parameters(), self.module.buffers()):
             seen.setdefault(id(tensor), tensor)
         return list(seen.values())
+
+    def host_tensors(self) -> list[torch.Tensor]:
+        """Each tensor's host copy: the one kept while the tensor is on a device, else its data on the host."""
+        kept = {id(k.tensor): k.host for k in self.kept if k.host is not None}
+        found = [kept.get(id(t), t.data) for t in self.tensors()]
+        return [t for t in found if t.device == HOST]
 
     def home(self) -> None:
         """Every tensor on the host (a module the pipeline had put on a device before the plan came)."""
@@ -189,11 +242,11 @@ class Weights:
 
     def load(self, device: torch.device, keep_host: bool) -> None:
         """A device copy of every host tensor (also when `device` is the host: a dry run copies as a device
-        would); tensors already on `device` stay as they are, without a host copy. A kept host copy of a CUDA
-        device is pinned the first time (it then moves at full bandwidth, and asynchronously: it never changes
-        while the copy runs); without host copies nothing is pinned."""
+        would); tensors already on `device` stay as they are, without a host copy. With `pin`, a kept host copy
+        of a CUDA device is pinned the first time (it then moves at full bandwidth, and asynchronously: it never
+        changes while the copy runs); without host copies nothing is pinned."""
         kept = []
-        pin = keep_host and device.type == "cuda" and self.pin is not False
+        pin = keep_host and device.type == "cuda" and self.pin
         for tensor in self.tensors():
             data = tensor.data
             if data.device != HOST:
@@ -333,6 +386,8 @@ class Residency:
         self.copied_back: dict[int, int] = {}
         self.warned = False
         self.parked: set[str] = set()  # exclusions offload_all() took off: back when they next run
+        self.plan = plan
+        self.pinning: host.Pinning | None = None  # which host copies are pinned (CUDA, host copies kept)
 
     # -- the components ----------------------------------------------------------------------------------------
     def sync(self, modules: dict) -> None:
@@ -366,6 +421,23 @@ class Residency:
         if self.course.schedule is not None:
             self.aligned = False
         self.course = Course(planned, self.fixed)
+        self._choose_pins(planned)
+
+    def _choose_pins(self, planned: schedules.Schedule | None) -> None:
+        """Pin only the host copies `pin` chooses within the host's spare memory (CUDA copies from pinned memory
+        are faster; pinning every weight has filled real users' containers). A schedule re-planned beyond the
+        host (a LoRA grew a component) under `pin: true` pins what `auto` would, and says so."""
+        if not (self.keep_host and self.device.type == "cuda"):
+            return
+        try:
+            self.pinning = pin_choice(self.plan, planned, self.sizes)
+        except host.PinError as error:
+            warnings.warn(f"offload-planner: {error}; pinning what pin: auto would instead", RuntimeWarning,
+                          stacklevel=2)
+            self.pinning = pin_choice(replace(self.plan, pin="auto"), planned, self.sizes)
+        chosen = set(self.pinning.pinned)
+        for name, weights in self.weights.items():
+            weights.pin = name in chosen
 
     def settle(self, first: bool) -> None:
         """The exclusions on the device, in name order (as the schedule puts them there before the first call),
@@ -517,6 +589,21 @@ class BudgetInstaller:
     @property
     def copied_back(self) -> dict[int, int]:
         return self.residency.copied_back
+
+    @property
+    def host(self) -> HostUse:
+        """Host bytes held by the moved components' host copies, bytes pinned now, and the pin note."""
+        residency = self.residency
+        moved = {n: w for n, w in residency.weights.items() if n not in residency.fixed}
+        held = sum(residency.sizes.get(name, 0) for name in moved)
+        pinned = sum(t.numel() * t.element_size() for w in moved.values() for t in w.host_tensors() if t.is_pinned())
+        if residency.pinning is not None:
+            note = residency.pinning.note
+        elif not residency.keep_host:
+            note = "nothing pinned: keep_host_copy: false keeps no host copies"
+        else:
+            note = f"nothing pinned: pinned memory speeds up CUDA copies only, not {residency.device.type}"
+        return HostUse(held, pinned, note)
 
     def hosts(self) -> list[Host]:
         """The pipeline with its exclusions (diffusers' `_execution_device` skips them) and both methods routed to

@@ -390,12 +390,14 @@ def _policy_line(applied) -> str:
     copies = "host copies kept: an eviction copies back only weights changed on the device" \
         if applied.plan.keep_host_copy else "no host copies: every eviction copies back"
     line = f"policy budget: {human(applied.budget)} on {applied.target} ({how}; {copies})"
-    used = applied.host  # granularity block: what the host holds and pins
+    used = applied.host  # what the host holds and pins
     if used is None:
         return line
+    host = f"host copies held {human(used.held)}, pinned {human(used.pinned)}: {used.note}"
+    if applied.plan.granularity != "block":
+        return f"{line}\n{host}"
     return (f"{line}\ngranularity block: {len(applied.schedule.streamed)} block(s) streamed, "
-            f"{human(applied.schedule.h2d_bytes)} per steady call; host copies held {human(used.held)}, "
-            f"pinned {human(used.pinned)}: {used.note}")
+            f"{human(applied.schedule.h2d_bytes)} per steady call; {host}")
 
 
 def _component_sizes(sizes: dict) -> dict:
