@@ -42,6 +42,7 @@ PROVEN_ELSEWHERE = {
     "PLN408": "tests/test_sizes.py::test_a_hub_id_offline_is_one_problem_and_no_request",
     "PLN409": "tests/test_rules.py::test_a_budget_below_the_largest_offloaded_component_is_pln409_with_the_numbers",
     "PLN410": "tests/test_simulate.py::test_a_plan_component_without_a_size_is_pln410_naming_it",
+    "PLN411": "tests/test_blocksim.py::test_pin_true_beyond_the_spare_memory_is_pln411_at_the_plan_key",
 }
 
 

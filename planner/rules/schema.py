@@ -204,8 +204,12 @@ def _type_error(ctx: Context, path: tuple, name: str, err) -> None:
 def _value_error(ctx: Context, path: tuple, name: str, err) -> None:
     shown = ctx.describe(path, err.instance)
     if err.validator == "enum":
-        ctx.add(path, PLN104, f"{name} {shown} is not allowed ({err.message})",
-                f"write one of {', '.join(map(str, err.validator_value))}")
+        # as YAML spells them, each once: `pin` takes true and "true" alike
+        choices = dict.fromkeys(str(v).lower() if isinstance(v, bool) else str(v) for v in err.validator_value)
+        options = list(choices)
+        hint = ctx.suggest.closest(str(err.instance), options) if isinstance(err.instance, str) else None
+        ctx.add(path, PLN104, f"{name} {shown} is not allowed", f"{did_you_mean([hint])} (one of "
+                f"{', '.join(options)})" if hint else f"write one of {', '.join(options)}")
     elif err.validator == "pattern":
         ctx.add(path, PLN104, f"{name} {shown} is not allowed (it must match {err.validator_value})",
                 "write a name of letters, digits and _, not starting with a digit")
