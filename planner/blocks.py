@@ -29,19 +29,21 @@ from __future__ import annotations
 
 import os
 import sys
+from bisect import bisect_left
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
 from planner.sizes import REST
 
-# The components that run once per denoising step (a pipeline's denoiser), when the plan does not name them.
-DENOISERS = frozenset({"unet", "transformer", "transformer_2", "prior", "decoder", "transformer_3d"})
-# The program counts in units of the room over UNITS (HiGHS's tolerances are absolute: bytes, up to 1e11, would
-# drown them, and a fixed unit would drown small sizes); the schedule it returns is checked again in whole bytes,
-# and solved again with the room cut by what it passed, should the tolerance have let it pass by a few bytes.
+# The components that run once per denoising step (a pipeline's denoiser, and a ControlNet beside it).
+DENOISERS = frozenset({"unet", "transformer", "transformer_2", "prior", "decoder", "transformer_3d", "controlnet"})
+# The program counts in units of the room (or of all the blocks, when less) over UNITS: HiGHS's tolerances are
+# absolute, so bytes (up to 1e11) would drown them and a fixed unit would drown small sizes. The schedule it
+# returns is checked again in whole bytes, and solved again with the room cut by what it passed, should the
+# tolerance have let it pass by a few bytes.
 UNITS = 4096.0
 TRIES = 4
 TIME_LIMIT = 60.0  # seconds HiGHS may search before the best schedule found so far is taken (exact=False)
@@ -104,6 +106,9 @@ class Model:
     resident_bytes: int = 0
     prefetch: bool = True
     compress: bool = True  # the middle forwards of a run of identical ones as one pass (exact: see `passes`)
+    # where the call's denoising starts among `uses` (an autoencoder encodes before it, decodes after it), when the
+    # denoiser is not among them (an excluded one); None: at the first denoiser use, else after the last use
+    denoised_at: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", MappingProxyType({c: MappingProxyType(dict(b))
@@ -112,10 +117,12 @@ class Model:
     @cached_property
     def forwards(self) -> tuple[Pass, ...]:
         """Every forward of one call, in order, each a pass of its own (`repeat` 1)."""
-        first = next((i for i, name in enumerate(self.uses) if name in self.denoisers), None)
+        first = next((i for i, name in enumerate(self.uses) if name in self.denoisers), self.denoised_at)
+        if first is None:  # no denoising in the call: its last use decodes (a vae after an excluded denoiser)
+            first = len(self.uses) - 1
         found = []
         for use, name in enumerate(self.uses):
-            role = None if first is None or name in self.denoisers else ("encode" if use < first else "decode")
+            role = None if name in self.denoisers else ("encode" if use < first else "decode")
             blocks = runs(name, list(self.blocks[name]), role)
             for step in range(self.steps if name in self.denoisers else 1):
                 found.append(Pass(len(found), name, use, step, blocks))
@@ -172,11 +179,16 @@ class Model:
     def in_flight(self) -> int:
         return 2 if self.prefetch else 1
 
+    @cached_property
+    def run_index(self) -> Mapping[tuple[int, tuple[str, str]], int]:
+        """(pass, block) -> which run of the block that pass is."""
+        return MappingProxyType({(p, key): j for key, runs_ in self.runs_of.items() for j, p in enumerate(runs_)})
+
     def gap_at(self, key: tuple[str, str], index: int) -> int:
         """The gap of `key` that covers pass `index` where it does not run: the run before it (cyclic)."""
-        runs = self.runs_of[key]
-        before = [j for j, p in enumerate(runs) if p < index]
-        return before[-1] if before else len(runs) - 1
+        runs_ = self.runs_of[key]
+        before = bisect_left(runs_, index)
+        return before - 1 if before else len(runs_) - 1
 
     def least_budget(self) -> tuple[int, str]:
         """The least budget any schedule needs, and the component whose pass needs it: the resident bytes plus,
@@ -253,7 +265,7 @@ class BlockSchedule:
             ran = set(p.blocks)
             for key in model.keys:
                 if key[0] == p.component and key[1] in ran:
-                    j = model.runs_of[key].index(p.index)
+                    j = model.run_index[(p.index, key)]
                     if self.held[key][j]:
                         total += model.size(key)
                     else:
@@ -298,6 +310,10 @@ def solve(model: Model, *, time_limit: float = TIME_LIMIT) -> BlockSchedule:
     needed, component = model.least_budget()
     if needed > model.budget:
         raise BlocksTooSmall(model.budget, needed, component)
+    if model.resident_bytes + sum(model.size(key) for key in model.keys) <= model.budget:
+        # everything fits: keeping it all moves nothing after the first call, which no schedule beats
+        every = {key: (True,) * len(model.runs_of[key]) for key in model.keys}
+        return BlockSchedule(model, every, every, bound=0.0)
     program = _Program(model)
     if not program.variables:
         return BlockSchedule(model, {}, {}, bound=0.0)
@@ -401,7 +417,8 @@ class _Program:
         from scipy.sparse import coo_array
 
         model, index, classes = self.model, self.index, self.classes
-        scale = max(model.room, 1) / UNITS
+        # the room, or all the blocks when less: a budget of exabytes must not shrink every block to nothing
+        scale = max(min(model.room, sum(model.size(key) for key in model.keys)), 1) / UNITS
         n = len(index)
         cost = np.zeros(n)
         constant = 0.0
@@ -445,8 +462,8 @@ class _Program:
             entries: list[tuple[int, float]] = []
             for c, found in enumerate(classes):
                 size = found.size / scale
-                if p.index in found.runs:
-                    entries.append((index[("H", c, found.runs.index(p.index))], size))
+                if (p.index, found.keys[0]) in model.run_index:
+                    entries.append((index[("H", c, model.run_index[(p.index, found.keys[0])])], size))
                 else:
                     entries.append((index[("Y", c, model.gap_at(found.keys[0], p.index))], size))
             entries.append((index[("w", p.index)], float(k)))
@@ -492,7 +509,7 @@ def _quiet():
     try:
         sys.stdout.flush()
         saved = os.dup(1)
-    except (OSError, ValueError):  # no real descriptor (a captured stream): nothing to silence
+    except (OSError, ValueError, AttributeError):  # no real descriptor (captured, or closed: None): nothing to do
         yield
         return
     try:
@@ -566,8 +583,7 @@ def forwards(schedule: BlockSchedule) -> tuple[Forward, ...]:
     model = schedule.model
     found = []
     for p in model.passes:
-        run = {key[1]: j for key in model.keys if key[0] == p.component
-               for j, index in enumerate(model.runs_of[key]) if index == p.index}
+        run = {b: model.run_index[(p.index, (p.component, b))] for b in p.blocks}
         held = tuple(b for b in p.blocks if schedule.held[(p.component, b)][run[b]])
         streamed = tuple(b for b in p.blocks if b not in held)
         dropped = tuple(b for b in held if not schedule.keep[(p.component, b)][run[b]])
@@ -612,38 +628,63 @@ def replay(schedule: BlockSchedule, calls: int = 2) -> tuple[list[int], int]:
 
 
 # -- the peers' rules, on the same blocks ----------------------------------------------------------------------------
-def _uncompressed(model: Model) -> Model:
-    return Model(model.uses, model.blocks, model.budget, model.steps, model.denoisers, model.resident_bytes,
-                 model.prefetch, compress=False)
+def _uncompressed(model: Model, blocks: Mapping[str, Mapping[str, int]] | None = None) -> Model:
+    """`model` with every forward a pass of its own (the peers decide per forward), on `blocks` if given."""
+    return replace(model, blocks=model.blocks if blocks is None else blocks, compress=False)
 
 
 def group_offloading(model: Model) -> BlockSchedule:
     """diffusers' group offloading at block level (`apply_group_offloading(offload_type="block_level",
-    num_blocks_per_group=1, use_stream=True)` on every component): each forward onloads the unmatched modules
-    (REST) for the forward and streams every block it runs, the next group prefetched on a side stream; nothing
-    stays between forwards. It takes no budget: `over_budget` says when it passes ours."""
-    flat = _uncompressed(model)
+    num_blocks_per_group=1, use_stream=True)` on every component, diffusers 0.42): the groups are a component's
+    top-level ModuleList children (`down_blocks.1`, `transformer_blocks.7`); everything else (a CLIP or T5
+    encoder whole, a vae whole, a unet's mid block) is one unmatched group, onloaded for the forward. Each forward
+    streams every group it runs, the next one prefetched on a side stream; nothing stays between forwards. It
+    takes no budget: `over_budget` says when it passes ours."""
+    flat = _uncompressed(model, {c: _top_level_groups(b) for c, b in model.blocks.items()})
     keep = {key: (False,) * len(flat.runs_of[key]) for key in flat.keys}
     held = {key: (key[1] == REST,) * len(flat.runs_of[key]) for key in flat.keys}
-    return BlockSchedule(flat, keep, held, "group_offloading", note="streams every block every forward")
+    return BlockSchedule(flat, keep, held, "group_offloading", note="streams every group every forward")
+
+
+def _top_level_groups(blocks: Mapping[str, int]) -> dict[str, int]:
+    """A component's blocks as group offloading groups them: `name.N` (a top-level ModuleList's child) stays a
+    block, everything else joins REST."""
+    found = {REST: 0}
+    for name, size in blocks.items():
+        parts = name.split(".")
+        if len(parts) == 2 and parts[1].isdigit():
+            found[name] = size
+        else:
+            found[REST] += size
+    return found
 
 
 def mmgp(model: Model) -> BlockSchedule:
-    """mmgp's rule (`offload.py`, its `budgets` and `tune_preloading`): the denoiser keeps as many blocks
-    resident as the budget allows, spread evenly between the streamed ones, with its REST; every other component
-    streams its blocks through each forward with REST held for the forward; the next streamed block is
-    prefetched. The count is the largest whose schedule keeps within the budget; none fits: the schedule with
-    none, over the budget."""
+    """mmgp's rule (`offload.py`: `budgets`, `tune_preloading`, and `unload_all` whenever a model that is not a
+    cotenant of the loaded ones becomes active), per call: a component that fits the budget is loaded whole for
+    its forwards; a denoiser that does not keeps REST and as many blocks as the budget allows, spread evenly
+    between the streamed ones, over its steps, the next streamed block prefetched; a component that does not fit
+    and is no denoiser streams its blocks. Switching to the denoiser and back unloads everything, so every model
+    is loaded again each call. The count is the largest whose schedule keeps within the budget; none fits: the
+    schedule with none, over the budget."""
     flat = _uncompressed(model)
-    denoisers = [c for c in dict.fromkeys(model.uses) if c in model.denoisers]
-    candidates = [key for key in flat.keys if key[0] in denoisers and key[1] != REST]
-    rest = [key for key in flat.keys if key[0] in denoisers and key[1] == REST]
+    total = {c: sum(b.values()) for c, b in model.blocks.items()}
+    whole = {c for c in total if model.resident_bytes + total[c] <= model.budget}
+    candidates = [key for key in flat.keys if key[0] in model.denoisers and key[0] not in whole and key[1] != REST]
     best = None
     for count in range(len(candidates), -1, -1):
-        chosen = set(rest) | {candidates[i] for i in _spread(len(candidates), count)}
-        keep = {key: (key in chosen,) * len(flat.runs_of[key]) for key in flat.keys}
-        held = {key: (key in chosen or key[1] == REST,) * len(flat.runs_of[key]) for key in flat.keys}
-        best = BlockSchedule(flat, keep, held, "mmgp", note=f"{count} of {len(candidates)} denoiser blocks resident")
+        chosen = {candidates[i] for i in _spread(len(candidates), count)}
+        keep, held = {}, {}
+        for key in flat.keys:
+            runs_ = flat.runs_of[key]
+            stays = key[0] in whole or key[1] == REST or key in chosen
+            held[key] = (stays,) * len(runs_)
+            # kept from one forward to the next of the same use (a denoiser's steps), dropped when the use ends
+            keep[key] = tuple(stays and j + 1 < len(runs_) and flat.passes[runs_[j + 1]].use ==
+                              flat.passes[runs_[j]].use for j in range(len(runs_)))
+        best = BlockSchedule(flat, keep, held, "mmgp",
+                             note=f"{count} of {len(candidates)} denoiser blocks kept over the steps" if candidates
+                             else "every model loaded whole each call")
         if not best.over_budget:
             break
     return best
@@ -657,8 +698,7 @@ def _spread(total: int, count: int) -> list[int]:
 def whole_components(model: Model) -> Model:
     """The same call with each component as one block: `solve` on it is the whole-component optimum."""
     whole = {c: {REST: sum(blocks.values())} for c, blocks in model.blocks.items()}
-    return Model(model.uses, whole, model.budget, model.steps, model.denoisers, model.resident_bytes,
-                 model.prefetch, model.compress)
+    return replace(model, blocks=whole)
 
 
 # -- time -----------------------------------------------------------------------------------------------------------
@@ -737,9 +777,12 @@ def model_for(plan, blocks: Mapping[str, Mapping[str, int]], budget: int, *, ste
     is absent from the pipeline): its call order without the excluded components, whose bytes stay resident,
     `steps` (else the plan's, else 1) and `prefetch` (else the plan's). With `granularity` "component" (else the
     plan's), each component is one block."""
-    uses = tuple(name for name in plan.call_order if name in blocks and name not in plan.exclude)
+    order = [name for name in plan.call_order if name in blocks]
+    uses = tuple(name for name in order if name not in plan.exclude)
     resident = sum(sum(blocks[name].values()) for name in sorted(plan.exclude) if name in blocks)
+    first = next((i for i, name in enumerate(order) if name in DENOISERS), None)  # an excluded one counts too
+    denoised_at = None if first is None else sum(1 for name in order[:first] if name not in plan.exclude)
     model = Model(uses, {name: blocks[name] for name in dict.fromkeys(uses)}, budget,
                   steps if steps is not None else (plan.steps or 1), DENOISERS, resident,
-                  plan.prefetch if prefetch is None else prefetch)
+                  plan.prefetch if prefetch is None else prefetch, denoised_at=denoised_at)
     return whole_components(model) if (granularity or plan.granularity) == "component" else model

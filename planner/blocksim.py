@@ -120,15 +120,20 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
     if spare is None:
         host_memory = host_memory or host.read_host_memory()
         spare = host_memory.spare
-    moved = {f"{c}/{b}": (model.size((c, b)), ours.loads((c, b))) for c, b in model.keys}
-    try:
-        pinning = host.choose_pinned(moved, plan.pin, spare, host=host_memory)
-    except host.PinError as error:
-        raise PlanError([plan.problem("pin", PLN411, str(error).split(";")[0],
-                                      "write pin: auto (it pins what the host can spare), or raise the container's "
-                                      "memory limit")]) from None
+    mode = plan.pin if plan.keep_host_copy else "false"  # no host copies kept: nothing to pin
+
+    def pins(found: BlockSchedule) -> tuple[host.Pinning, frozenset]:
+        moved = {f"{c}/{b}": (found.model.size((c, b)), found.loads((c, b))) for c, b in found.model.keys}
+        try:
+            chosen = host.choose_pinned(moved, mode, spare, host=host_memory)
+        except host.PinError as error:
+            raise PlanError([plan.problem("pin", PLN411, str(error).split(";")[0],
+                                          "write pin: auto (it pins what the host can spare), or raise the "
+                                          "container's memory limit")]) from None
+        return chosen, frozenset(tuple(key.split("/", 1)) for key in chosen.pinned)
+
+    pinning, pinned = pins(ours)
     pinned_bandwidth, pageable_bandwidth = bandwidth or (blocks.PINNED_BANDWIDTH, blocks.PAGEABLE_BANDWIDTH)
-    pinned = frozenset(tuple(key.split("/", 1)) for key in pinning.pinned)
 
     def timed(found: BlockSchedule, keys: frozenset) -> Timing:
         return blocks.timing(found, pinned=keys, pinned_bandwidth=pinned_bandwidth,
@@ -138,7 +143,7 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
     whole_too_small = ""
     try:
         whole = blocks.solve(blocks.whole_components(model), time_limit=time_limit)
-        rows[WHOLE] = _row(WHOLE, whole, timed(whole, frozenset(whole.model.keys)))
+        rows[WHOLE] = _row(WHOLE, whole, timed(whole, pins(whole)[1]))  # ours too: the same pin choice
     except BlocksTooSmall as error:
         whole_too_small = str(error)
     rows["chain"] = _chain_row(plan, model)

@@ -40,6 +40,10 @@ APPLY_EXTRA = "pip install 'offload-planner[apply]'"
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv) and return its exit status (EXIT_STATUS); argparse's
     usage errors and --help/--version exit through SystemExit as usual."""
+    if sys.stdout is None:  # started with stdout closed (`planner show PLAN >&-`): there is nowhere to answer
+        if sys.stderr is not None:
+            sys.stderr.write("planner: error: standard output is closed: nothing can be written\n")
+        return 2
     try:
         try:
             parser = _parser()
@@ -198,8 +202,8 @@ def _parser() -> argparse.ArgumentParser:
                        "pipeline lacks; repeatable")
     sized.add_argument("--model", metavar="PATH_OR_HUB_ID", help="read the sizes from this diffusers folder (or hub "
                        "id) at the plan's variant and torch_dtype")
-    simulate.add_argument("--calls", type=_calls, default=4, metavar="N",
-                          help="pipeline calls to simulate, at most 1000 (default: %(default)s)")
+    simulate.add_argument("--calls", type=_calls, metavar="N",
+                          help="pipeline calls to simulate, at most 1000 (default: 4); granularity component only")
     simulate.add_argument("--budget", type=_size, metavar="SIZE", help="bytes of weights that may be on the device "
                           "at once (default: the plan's budget)")
     simulate.add_argument("--format", default="text", choices=["text", "json"])
@@ -216,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     blockwise.add_argument("--bandwidth", type=_bandwidth, metavar="PINNED[,PAGEABLE]",
                            help="host-to-device GB/s from pinned and from pageable memory (default: 24,12; one "
                            "figure: pageable is half of it)")
-    blockwise.add_argument("--block-ms", type=_block_ms, default=0.0, metavar="MS",
+    blockwise.add_argument("--block-ms", type=_block_ms, metavar="MS",
                            help="compute time of one block in milliseconds, for how much prefetch hides (default: 0)")
     blockwise.add_argument("--host-spare", type=_size, metavar="SIZE",
                            help="host memory pinning may take (default: what this host can spare, its container's "
@@ -249,7 +253,7 @@ _integer = _integer_in(None, None, "an integer")
 _positive = _integer_in(1, None, "a positive integer")
 _seed = _integer_in(-(2**63), 2**64, "an integer from -2**63 to 2**64-1")  # what torch's generator accepts
 _calls = _integer_in(1, 1001, "a whole number from 1 to 1000")  # a simulated call costs about 1 ms per use
-_steps = _integer_in(1, 100001, "a whole number from 1 to 100000")  # the schema's bound on the plan's steps
+_steps = _integer_in(1, 10001, "a whole number from 1 to 10000")  # the schema's bound on the plan's steps
 
 
 def _number_in(low: float, high: float, words: str, *, low_open: bool = False):
@@ -553,14 +557,24 @@ def _simulate(args, parser) -> int:
         return _fail(exc.problems)
     plan = _simulated(plan, args)
     if plan.granularity == "block":
+        if args.calls is not None:
+            _usage(parser, "simulate", "--calls: granularity block simulates one steady call (and the first): "
+                   "leave --calls out, or pass --granularity component")
         return _simulate_blocks(args, parser, plan)
+    blockwise = [flag for flag, value in (("--steps", args.steps), ("--prefetch", args.prefetch),
+                                          ("--bandwidth", args.bandwidth), ("--block-ms", args.block_ms),
+                                          ("--host-spare", args.host_spare)) if value is not None]
+    if blockwise:
+        _usage(parser, "simulate", f"{blockwise[0]} applies to granularity block: pass --granularity block, or "
+               f"leave {blockwise[0]} out")
     if args.plot is not None:
         _plot_usable(parser, args.plot)
     if args.budget is None and plan.budget is None:
         _usage(parser, "simulate", simulate.no_budget(plan))
     try:
         sizes, where = (given, "--sizes") if given is not None else _folder_sizes(args, plan, parser)
-        result = simulate.simulate(plan, sizes, args.calls, args.budget, where=where, complete=given is not None)
+        calls = args.calls if args.calls is not None else simulate.DEFAULT_CALLS
+        result = simulate.simulate(plan, sizes, calls, args.budget, where=where, complete=given is not None)
     except PlanError as exc:
         located = any(p.line for p in exc.problems)
         return _fail(exc.problems) if located else _fail_lines(exc.problems)
@@ -609,7 +623,7 @@ def _simulate_blocks(args, parser, plan) -> int:
         dtype = plan.torch_dtype or table.torch_dtype
         component_blocks = {name: c.blocks(dtype) for name, c in table.components.items()}
         result = blocksim.simulate(plan, component_blocks, args.budget if args.budget is not None else plan.budget,
-                                   bandwidth=args.bandwidth, block_seconds=args.block_ms / 1000,
+                                   bandwidth=args.bandwidth, block_seconds=(args.block_ms or 0.0) / 1000,
                                    spare=args.host_spare, budget_flag="--budget" if args.budget is not None else None)
     except PlanError as exc:
         located = any(p.line for p in exc.problems)

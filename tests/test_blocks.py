@@ -173,15 +173,19 @@ def test_group_offloading_streams_every_block_every_forward():
     assert solve(model).h2d_bytes <= found.h2d_bytes
 
 
-def test_mmgp_keeps_evenly_spread_denoiser_blocks_within_the_budget():
+def test_mmgp_keeps_evenly_spread_denoiser_blocks_over_the_steps_and_reloads_every_call():
     sizes = {"text_encoder": {REST: 1, "layers.0": 2},
              "transformer": {REST: 1, **{f"blocks.{i}": 10 for i in range(8)}}}
-    model = Model(("text_encoder", "transformer"), sizes, 1 + 20 + 40 + 2, 4)
+    model = Model(("text_encoder", "transformer"), sizes, 1 + 40 + 20 + 2, 4)
     found = blocks.mmgp(model)
-    kept = [key[1] for key in found.resident if key[0] == "transformer" and key[1] != REST]
-    assert kept == ["blocks.1", "blocks.4", "blocks.6", "blocks.7"][:len(kept)] or len(kept) == 4
-    assert len(kept) == 4 and not found.over_budget
-    assert [int(k.split(".")[1]) for k in kept] == blocks._spread(8, 4)
+    flat = found.model
+    kept = [key[1] for key in flat.keys if key[0] == "transformer" and key[1] != REST and all(found.held[key])]
+    assert [int(k.split(".")[1]) for k in kept] == sorted(blocks._spread(8, 4)) and not found.over_budget
+    # kept between the steps, dropped when the call moves on: every model is loaded again each call
+    assert all(found.keep[("transformer", b)][:-1] and not found.keep[("transformer", b)][-1] for b in kept)
+    assert found.loads(("transformer", kept[0])) == 1 and found.loads(("text_encoder", REST)) == 1
+    streamed = 4 * 10 * 4  # the other four blocks, every step
+    assert found.h2d_bytes == 3 + 1 + 4 * 10 + streamed
     assert solve(model).h2d_bytes <= found.h2d_bytes
 
 
@@ -250,3 +254,23 @@ def test_counting_interchangeable_blocks_finds_the_same_optimum_as_naming_them(c
 def test_the_blocks_a_class_keeps_are_spread_evenly_over_it():
     found = blocks._Class([("t", f"blocks.{i}") for i in range(8)], 1, (0,))
     assert [key[1] for key in found.order()][:4] == ["blocks.0", "blocks.4", "blocks.2", "blocks.6"]
+
+
+def test_a_controlnet_runs_every_step_beside_the_denoiser():
+    sizes = {"controlnet": {REST: 1, "down_blocks.0": 2}, "unet": {REST: 1, "down_blocks.0": 2}}
+    model = Model(("controlnet", "unet"), sizes, 100, 7)
+    assert [f.component for f in model.forwards].count("controlnet") == 7
+
+
+def test_with_the_denoiser_excluded_the_vae_still_only_decodes():
+    vae = {REST: 1, "decoder.up_blocks.0": 5, "encoder.down_blocks.0": 7}
+    sizes = {"text_encoder": {REST: 1, "layers.0": 2}, "unet": {REST: 3, "down_blocks.0": 4}, "vae": vae}
+
+    class Plan:  # the fields model_for reads
+        call_order, exclude, steps, prefetch, granularity = ("text_encoder", "unet", "vae"), {"unet"}, 3, True, "block"
+
+    model = blocks.model_for(Plan, sizes, 100)
+    assert model.uses == ("text_encoder", "vae") and model.resident_bytes == 7
+    assert ("vae", "encoder.down_blocks.0") not in model.keys
+    alone = Model(("text_encoder", "vae"), {n: sizes[n] for n in ("text_encoder", "vae")}, 100)
+    assert ("vae", "encoder.down_blocks.0") not in alone.keys  # no denoiser at all: the last use decodes

@@ -167,3 +167,31 @@ def test_validate_model_checks_a_block_plans_budget_against_the_least_block_budg
     short.write_text(text.format(budget="200MiB"), encoding="utf-8")
     code, out, _ = run_cli(capsys, "validate", short, "--model", real_sized["sdxl"])
     assert code == 1 and "short.yaml:6:1: PLN409" in out and "block by block" in out
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--granularity", "block", "--calls", "3"], "--calls: granularity block simulates one steady call"),
+    (["--granularity", "component", "--steps", "30"], "--steps applies to granularity block"),
+    (["--block-ms", "2"], "--block-ms applies to granularity block"),
+    (["--bandwidth", "24"], "--bandwidth applies to granularity block"),
+    (["--host-spare", "1GiB"], "--host-spare applies to granularity block"),
+    (["--no-prefetch"], "--prefetch applies to granularity block"),
+])
+def test_a_flag_of_the_other_granularity_is_a_usage_error(capsys, argv, said):
+    with pytest.raises(SystemExit) as caught:
+        main(["simulate", str(SDXL_PLAN), "--budget", "6GiB", "--sizes",
+              "text_encoder=1GiB,text_encoder_2=1GiB,unet=5GiB,vae=1GiB,image_encoder=none", *argv])
+    assert caught.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_without_host_copies_nothing_is_pinned_whatever_pin_says(sdxl):
+    plan, found_blocks = sdxl
+    result = blocksim.simulate(replace(plan, pin="true", keep_host_copy=False), found_blocks, 6 * GIB, spare=0)
+    assert result.pinning.pinned_bytes == 0 and result.pinning.pin == "false"
+
+
+def test_a_budget_beyond_everything_keeps_everything_and_moves_nothing(sdxl):
+    plan, found_blocks = sdxl
+    result = blocksim.simulate(plan, found_blocks, (1 << 64) - 1, spare=SPARE)
+    assert result.rows["block"].h2d_bytes == 0 == result.rows["component"].h2d_bytes and result.ours.exact

@@ -872,3 +872,12 @@ def test_sizes_beyond_any_memory_are_problems_not_tracebacks(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["simulate", str(ROOT / "plans" / "sdxl-base.yaml"), "--budget", huge])
     assert caught.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_closed_standard_output_is_one_line_and_exit_2_never_a_traceback():
+    plan = ROOT / "plans" / "examples" / "tiny-sd.yaml"
+    for command in (["show", str(plan)], ["validate", str(plan)]):
+        proc = subprocess.run(["sh", "-c", '"$0" -m planner.cli "$@" >&-', sys.executable, *command],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr == "planner: error: standard output is closed: nothing can be written\n"

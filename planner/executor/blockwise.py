@@ -184,8 +184,8 @@ def prepare(pipe, plan: Plan, budget: int, target: torch.device, dry_run: bool, 
                             "raise the budget")]) from None
     moved = {key_of(c, b): (model.size((c, b)), schedule.loads((c, b))) for c, b in model.keys}
     memory = host.read_host_memory()
-    try:
-        pinning = host.choose_pinned(moved, plan.pin, memory.spare, host=memory)
+    try:  # no host copies kept: nothing to pin, whatever `pin` says
+        pinning = host.choose_pinned(moved, plan.pin if plan.keep_host_copy else "false", memory.spare, host=memory)
     except host.PinError as error:
         raise PlanError([pin_problem(plan, error, at)]) from None
     why = _no_pinning(plan, target, dry_run)
@@ -789,4 +789,6 @@ class BlockInstaller(BudgetInstaller):
         pageable memory."""
         self.residency.offload_all(None)
         self.residency.unpin()
+        for weights in self.residency.weights.values():  # and those a later load pinned (a block re-partitioned)
+            weights.unpin()
         self.pinned_bytes = 0

@@ -213,6 +213,15 @@ class Weights:
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.kept: list[_Kept] = []
+        self.pinned: dict[int, torch.Tensor] = {}  # tensors whose host copy `load` pinned, by id
+
+    def unpin(self) -> None:
+        """The host copies `load` pinned back in pageable memory (a page-locked buffer is freed once nothing
+        holds it): what the plan pinned does not outlive it."""
+        for tensor in self.pinned.values():
+            if tensor.device == HOST and tensor.data.is_pinned():
+                tensor.data = tensor.data.clone()
+        self.pinned = {}
 
     def tensors(self) -> list[torch.Tensor]:
         seen: dict[int, torch.Tensor] = {}
@@ -256,6 +265,7 @@ class Weights:
                 continue
             if pin and not data.is_pinned():
                 data = data.pin_memory()
+                self.pinned[id(tensor)] = tensor
             copy = data.to(device, copy=True, non_blocking=pin)
             tensor.data = copy
             host = data if keep_host else None
@@ -662,5 +672,8 @@ class BudgetInstaller:
         self.residency.offload_all(OFFLOAD_ALL)
 
     def release(self) -> None:
-        """Before the handle gives the modules back: every device copy dropped (changed weights copied back)."""
+        """Before the handle gives the modules back: every device copy dropped (changed weights copied back), the
+        host copies the plan pinned back in pageable memory."""
         self.residency.offload_all(None)
+        for weights in self.residency.weights.values():
+            weights.unpin()

@@ -394,7 +394,7 @@ def _policy_line(applied) -> str:
     if used is None:
         return line
     host = f"host copies held {human(used.held)}, pinned {human(used.pinned)}: {used.note}"
-    if applied.plan.granularity != "block":
+    if applied.plan.granularity != "block" or applied.schedule is None:  # (no block schedule fits any more)
         return f"{line}\n{host}"
     return (f"{line}\ngranularity block: {len(applied.schedule.streamed)} block(s) streamed, "
             f"{human(applied.schedule.h2d_bytes)} per steady call; {host}")
