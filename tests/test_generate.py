@@ -308,3 +308,30 @@ def test_a_real_ctrl_c_exits_130_with_one_line(tiny_pipelines, after):
         out, err = proc.communicate()
         pytest.fail(f"still running 60 s after Ctrl-C:\n{err[-4000:]}")
     assert (proc.returncode, out, err) == (130, "", "planner: interrupted\n")
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_stops_the_calls_at_the_next_one(capsys):
+    """Ctrl-C landing while a `__del__` runs is swallowed by Python ("Exception ignored"): the run must still stop,
+    at the next call, with no traceback printed."""
+    from planner.executor import generate
+
+    class Dies:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    calls = []
+
+    class Applied:
+        pipe = None
+        plan = None
+
+        def __call__(self, **kwargs):
+            calls.append(kwargs)
+            if len(calls) == 2:
+                Dies()  # the interrupt lands in a finalizer during the second call
+            return type("Output", (), {"images": []})()
+
+    request = generate.Request(calls=5)
+    with pytest.raises(KeyboardInterrupt):
+        generate._generate(Applied(), request)
+    assert len(calls) == 2 and "Exception ignored" not in capsys.readouterr().err

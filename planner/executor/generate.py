@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -276,11 +277,39 @@ def _components(cls) -> set[str]:
     return set(cls._get_signature_keys(cls)[0])
 
 
+@contextlib.contextmanager
+def _remembered_interrupts():
+    """Yields a function saying whether Ctrl-C came. A KeyboardInterrupt raised while a finalizer (`__del__`)
+    runs is lost: Python reports it as "Exception ignored" and the run goes on. Such a one is kept here, and not
+    printed, so that the loop of calls stops at the next call instead of running to its end."""
+    seen: list[bool] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            seen.append(True)
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield lambda: bool(seen)
+    finally:
+        sys.unraisablehook = previous
+
+
 def _generate(applied, request: Request):
     """Call through the handle (which times each call in its trace) `request.calls` times; the last call's
-    pictures (see `_pictures`)."""
+    pictures (see `_pictures`). A Ctrl-C lost in a finalizer stops the calls at the next one."""
+    with _remembered_interrupts() as interrupted:
+        return _calls(applied, request, interrupted)
+
+
+def _calls(applied, request: Request, interrupted):
     images = None
     for _ in range(request.calls):
+        if interrupted():
+            raise KeyboardInterrupt
         try:
             images = _pictures(applied(**_call_kwargs(applied.pipe, request)))
         except Exception as exc:  # the pipeline's own error, reported as one line
