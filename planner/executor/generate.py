@@ -425,8 +425,12 @@ def _policy_line(applied) -> str:
     host = f"host copies held {human(used.held)}, pinned {human(used.pinned)}: {used.note}"
     if applied.plan.granularity != "block" or applied.schedule is None:  # (no block schedule fits any more)
         return f"{line}\n{host}"
-    return (f"{line}\ngranularity block: {len(applied.schedule.streamed)} block(s) streamed, "
-            f"{human(applied.schedule.h2d_bytes)} per steady call; {host}")
+    schedule = applied.schedule
+    keys = schedule.model.keys
+    moved = sum(1 for key in keys if schedule.loads(key))
+    return (f"{line}\ngranularity block: {len(schedule.resident)} of {len(keys)} blocks resident, {moved} moved "
+            f"each call ({len(schedule.streamed)} of them more than once), {human(schedule.h2d_bytes)} per steady "
+            f"call; {host}")
 
 
 def _component_sizes(sizes: dict) -> dict:
