@@ -22,11 +22,12 @@ Each configuration makes one warm-up image, then `--images` timed ones (the medi
 `torch.cuda.max_memory_allocated` over the timed images (weights and activations). A configuration that fails
 (out of memory, an executor error) is reported as failed and the run goes on.
 
-The time model gets the blocks' bytes from the pipeline's own modules (`planner.sizes.block_of` on each parameter
-and buffer), the schedule `planner.blocks.solve` makes for the plan, the measured bandwidths (moved blocks pinned)
-and the measured per-block time, applied to every block alike (`timing` takes one figure: encoder layers are far
-cheaper than denoiser blocks, so the model's compute over-counts the encoders). It prints two predictions: the
-model's own (compute + exposed transfer) and the measured no-offload time plus the model's exposed transfer.
+The time model gets the blocks' bytes from the pipeline's own modules as the executor groups them
+(`planner.executor.blockwise.partition`), the schedule `planner.blocks.solve` makes for the plan, the measured
+bandwidths (moved blocks pinned) and the measured per-block time, applied to every block alike (`timing` takes
+one figure: encoder layers are far cheaper than denoiser blocks, so the model's compute over-counts the encoders).
+It prints two predictions: the model's own (compute + exposed transfer) and the measured no-offload time plus the
+model's exposed transfer.
 
 The pipelines: SDXL as `benchmarks/budget_gpu.py` builds it (fp16, on the CPU); Flux with FLUX.1-dev's published
 transformer, the full T5 v1.1 XXL encoder, CLIP-L and the FLUX vae, in bfloat16: 33.7 GB of weights, so even with
@@ -54,9 +55,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _progress import progress  # noqa: E402
+from budget_gpu import time_images  # noqa: E402
 
 from planner import blocks  # noqa: E402
-from planner.sizes import REST, block_of  # noqa: E402
 from planner.units import parse_size  # noqa: E402
 
 GIB = 1 << 30
@@ -138,21 +139,6 @@ SPECS = {
 }
 
 
-def module_blocks(module) -> dict[str, int]:
-    """{block: bytes} of `module` as the scheduler names its blocks (`planner.sizes.block_of` on each parameter and
-    buffer name, each tensor once), in order of first appearance, REST last."""
-    found: dict[str, int] = {}
-    seen = set()
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        block = block_of(name)
-        found[block] = found.get(block, 0) + tensor.numel() * tensor.element_size()
-    rest = found.pop(REST, 0)
-    return {**found, REST: rest}
-
-
 def plan_text(spec: Spec, budget: str, steps: int) -> str:
     """The plan ours applies: the budget policy at block granularity, `steps` per call, every streamed block pinned."""
     return (f"version: 1\ndevice: cuda\npolicy: budget\nbudget: {budget}\ngranularity: block\nsteps: {steps}\n"
@@ -214,26 +200,6 @@ class ForwardTimer:
             handle.remove()
 
 
-def time_images(call, kwargs: dict, images: int, warmed=None) -> dict:
-    """One warm-up image, then `warmed()` when given, then `images` timed ones: {"seconds": median, "each": [...],
-    "peak_bytes": max}."""
-    import torch
-
-    call(**kwargs, generator=torch.Generator().manual_seed(0))
-    if warmed is not None:
-        warmed()
-    each, peaks = [], []
-    for i in range(images):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        call(**kwargs, generator=torch.Generator().manual_seed(i + 1))
-        torch.cuda.synchronize()
-        each.append(time.perf_counter() - start)
-        peaks.append(torch.cuda.max_memory_allocated())
-    return {"seconds": statistics.median(each), "each": each, "peak_bytes": max(peaks)}
-
-
 def _attempt(name: str, results: dict, action) -> None:
     """`action()` into results[name]; a failure is recorded as such and the run goes on."""
     import torch
@@ -282,7 +248,9 @@ def _configurations(spec: Spec, folder: Path, plan_path: Path, budget_text: str,
     from planner import apply
 
     pipe = spec.build(folder, build_device(spec))
-    sizes = {name: module_blocks(getattr(pipe, name)) for name in spec.components}
+    from planner.executor.blockwise import partition  # the blocks as the executor groups them
+
+    sizes = {name: dict(partition(getattr(pipe, name)).sizes) for name in spec.components}
     weights = sum(sum(b.values()) for b in sizes.values())
     kwargs = dict(prompt="an astronaut riding a horse", num_inference_steps=args.steps, height=args.size,
                   width=args.size, output_type="np", **spec.extra)

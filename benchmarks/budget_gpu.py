@@ -56,6 +56,26 @@ def build_sdxl(folder: Path):
     return pipe
 
 
+def time_images(call, kwargs: dict, images: int, warmed=None) -> dict:
+    """One warm-up image, then `warmed()` when given, then `images` timed ones: {"seconds": median, "each": [...],
+    "peak_bytes": max}."""
+    import torch
+
+    call(**kwargs, generator=torch.Generator().manual_seed(0))
+    if warmed is not None:
+        warmed()
+    each, peaks = [], []
+    for i in range(images):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        call(**kwargs, generator=torch.Generator().manual_seed(i + 1))
+        torch.cuda.synchronize()
+        each.append(time.perf_counter() - start)
+        peaks.append(torch.cuda.max_memory_allocated())
+    return {"seconds": statistics.median(each), "each": each, "peak_bytes": max(peaks)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=3, help="timed images per configuration (default: 3)")
@@ -89,17 +109,9 @@ def main() -> None:
 
         def run(name, call, images=args.images):
             progress(f"{name}: 1 warm-up + {images} images")
-            call(**kwargs, generator=torch.Generator().manual_seed(0))
-            rows = []
-            for i in range(images):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                start = time.perf_counter()
-                call(**kwargs, generator=torch.Generator().manual_seed(i + 1))
-                torch.cuda.synchronize()
-                rows.append((time.perf_counter() - start, torch.cuda.max_memory_allocated()))
-            results[name] = (statistics.median(t for t, _ in rows), max(m for _, m in rows))
-            progress(f"{name}: " + ", ".join(f"{t:.3f}s" for t, _ in rows))
+            found = time_images(call, kwargs, images)
+            results[name] = (found["seconds"], found["peak_bytes"])
+            progress(f"{name}: " + ", ".join(f"{t:.3f}s" for t in found["each"]))
 
         progress("no offload: the pipeline on the GPU")
         pipe.to("cuda")

@@ -368,26 +368,19 @@ class _Program:
         """The LP relaxation's optimum in bytes (None when HiGHS does not solve it): no schedule moves fewer. The
         program with every block a class of its own relaxes more tightly than the grouped one (a block's own
         H >= max(Y) is stronger than the class's), so `solve` takes its bound from that one."""
-        from scipy.optimize import linprog
+        import numpy as np
 
-        cost, constant, lo, hi, matrix, lower, upper, scale = self._arrays(0)
-        relaxed = linprog(cost, bounds=list(zip(lo, hi, strict=True)), method="highs",
-                          **_as_linprog(matrix, lower, upper))
+        relaxed, constant, scale = self._run(0, np.zeros(len(self.index)), None)
         return None if relaxed.status != 0 else max(0.0, constant + relaxed.fun) * scale
 
     def solve(self, time_limit: float, cut: int = 0, bound: float | None = None) -> BlockSchedule:
         """The optimum with the room cut by `cut` bytes (see TRIES), `bound` reported beside it; not yet checked in
         whole bytes."""
         import numpy as np
-        from scipy.optimize import Bounds, LinearConstraint, milp
 
-        cost, constant, lo, hi, matrix, lower, upper, scale = self._arrays(cut)
-        integrality = np.zeros(len(cost))
+        integrality = np.zeros(len(self.index))
         integrality[: self.integers] = 1
-        with _quiet():
-            result = milp(cost, constraints=LinearConstraint(matrix, np.array(lower), np.array(upper)),
-                          integrality=integrality, bounds=Bounds(lo, hi),
-                          options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True})
+        result, constant, scale = self._run(cut, integrality, time_limit)
         if result.x is None:
             raise BlockError(f"HiGHS found no schedule ({result.message})")
         keep, held = self._named(np.rint(result.x[: self.integers]).astype(int))
@@ -397,6 +390,21 @@ class _Program:
         if not exact and dual is not None and np.isfinite(dual):
             bound = max(bound or 0.0, (constant + dual) * scale)
         return _repair(BlockSchedule(self.model, keep, held, exact=exact, bound=bound, note=note))
+
+    def _run(self, cut: int, integrality, time_limit: float | None):
+        """(HiGHS's result, the objective's constant, the unit in bytes) of the program with the room cut by
+        `cut` bytes; with no variable integral, the LP relaxation."""
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        cost, constant, lo, hi, matrix, lower, upper, scale = self._arrays(cut)
+        options = {"mip_rel_gap": 0.0, "presolve": True}
+        if time_limit is not None:
+            options["time_limit"] = time_limit
+        with _quiet():
+            result = milp(cost, constraints=LinearConstraint(matrix, np.array(lower), np.array(upper)),
+                          integrality=integrality, bounds=Bounds(lo, hi), options=options)
+        return result, constant, scale
 
     def _named(self, counts) -> tuple[dict, dict]:
         """Per block, kept after and held over each run, from the classes' counts (`_Class.order`)."""
@@ -524,24 +532,6 @@ def _quiet():
 def _streamable(p: Pass) -> tuple[str, ...]:
     """The blocks a pass may stream: all it runs but REST, which runs first and last and is held."""
     return tuple(b for b in p.blocks if b != REST)
-
-
-def _as_linprog(matrix, lower: list[float], upper: list[float]) -> dict:
-    """The constraints lower <= A x <= upper as linprog's A_ub x <= b_ub."""
-    import numpy as np
-    from scipy.sparse import vstack
-
-    lower_a, upper_a = np.array(lower), np.array(upper)
-    parts, rhs = [], []
-    finite_hi = np.isfinite(upper_a)
-    finite_lo = np.isfinite(lower_a)
-    if finite_hi.any():
-        parts.append(matrix[finite_hi])
-        rhs.append(upper_a[finite_hi])
-    if finite_lo.any():
-        parts.append(-matrix[finite_lo])
-        rhs.append(-lower_a[finite_lo])
-    return {"A_ub": vstack(parts).tocsr(), "b_ub": np.concatenate(rhs)}
 
 
 def _repair(schedule: BlockSchedule) -> BlockSchedule:

@@ -25,7 +25,8 @@ from typing import Mapping
 from planner import blocks, host, schedule
 from planner.blocks import BlockSchedule, BlocksTooSmall, Model, Timing
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN409, PLN411
+from planner.rules import PLN411
+from planner.simulate import aligned, too_small_at
 from planner.units import human
 
 OURS = "block"
@@ -174,10 +175,7 @@ def _chain_row(plan: Plan, model: Model) -> Row:
 def _too_small(plan: Plan, error: BlocksTooSmall, flag: str | None) -> Problem:
     message = (f"a budget of {human(error.budget)} ({error.budget} bytes) cannot run {error.component} block by "
                f"block beside what stays resident: at least {human(error.needed)} ({error.needed} bytes) is needed")
-    if flag is not None:
-        return PLN409.problem(flag, message, f"pass {flag} {error.needed} or more ({human(error.needed)})")
-    return plan.problem("budget", PLN409, message, f"raise budget to at least {error.needed} bytes "
-                        f"({human(error.needed)})")
+    return too_small_at(plan, message, error.needed, flag)
 
 
 # -- text ---------------------------------------------------------------------------------------------------------
@@ -218,9 +216,7 @@ def _table(result: BlockSimulation) -> list[str]:
         ratios = [result.rows[a].h2d_bytes for a in ("chain", "group_offloading")]
         rows.append(("LP bound", human(int(bound)), "", "", *(f"{bound / r:.3f}" if r else "-" for r in ratios),
                      "", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
+    return aligned(rows)
 
 
 def _notes(result: BlockSimulation) -> list[str]:

@@ -576,14 +576,8 @@ def _simulate(args, parser) -> int:
         calls = args.calls if args.calls is not None else simulate.DEFAULT_CALLS
         result = simulate.simulate(plan, sizes, calls, args.budget, where=where, complete=given is not None)
     except PlanError as exc:
-        located = any(p.line for p in exc.problems)
-        return _fail(exc.problems) if located else _fail_lines(exc.problems)
-    if args.format == "json":
-        from planner.report.common import neutral_json
-
-        _write(neutral_json(json.dumps(result.to_json(), indent=2)) + "\n")
-    else:
-        _write(_visible_text(simulate.render_text(result)))
+        return _fail_simulation(exc)
+    _write_simulation(args, result, simulate.render_text)
     if args.plot is not None:
         try:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
@@ -626,15 +620,25 @@ def _simulate_blocks(args, parser, plan) -> int:
                                    bandwidth=args.bandwidth, block_seconds=(args.block_ms or 0.0) / 1000,
                                    spare=args.host_spare, budget_flag="--budget" if args.budget is not None else None)
     except PlanError as exc:
-        located = any(p.line for p in exc.problems)
-        return _fail(exc.problems) if located else _fail_lines(exc.problems)
+        return _fail_simulation(exc)
+    _write_simulation(args, result, blocksim.render_text)
+    return 0
+
+
+def _fail_simulation(exc: PlanError) -> int:
+    """A simulation's problems: with the plan's source lines when they have a place in it, else one line each."""
+    located = any(p.line for p in exc.problems)
+    return _fail(exc.problems) if located else _fail_lines(exc.problems)
+
+
+def _write_simulation(args, result, render) -> None:
+    """`result` on stdout: its JSON document with --format json, else `render(result)`."""
     if args.format == "json":
         from planner.report.common import neutral_json
 
         _write(neutral_json(json.dumps(result.to_json(), indent=2)) + "\n")
     else:
-        _write(_visible_text(blocksim.render_text(result)))
-    return 0
+        _write(_visible_text(render(result)))
 
 
 def _plot_usable(parser, path: str) -> None:

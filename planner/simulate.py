@@ -219,10 +219,15 @@ def _too_small(plan: Plan, error: schedule.BudgetTooSmall, flag: str | None) -> 
         parts.append(f"the excluded components kept resident ({human(error.resident_bytes)})")
     message = (f"a budget of {human(error.budget)} ({error.budget} bytes) cannot hold {' beside '.join(parts)}: "
                f"at least {human(error.needed)} ({error.needed} bytes) is needed")
+    return too_small_at(plan, message, error.needed, flag)
+
+
+def too_small_at(plan: Plan, message: str, needed: int, flag: str | None) -> Problem:
+    """PLN409 saying `message`, with the fix naming the least budget `needed`: at `flag` when the budget came from
+    it, else at the plan's `budget` (both granularities' simulations)."""
     if flag is not None:
-        return PLN409.problem(flag, message, f"pass {flag} {error.needed} or more ({human(error.needed)})")
-    return plan.problem("budget", PLN409, message, f"raise budget to at least {error.needed} bytes "
-                        f"({human(error.needed)})")
+        return PLN409.problem(flag, message, f"pass {flag} {needed} or more ({human(needed)})")
+    return plan.problem("budget", PLN409, message, f"raise budget to at least {needed} bytes ({human(needed)})")
 
 
 # -- text ------------------------------------------------------------------------------------------------------
@@ -258,6 +263,11 @@ def _table(result: Simulation) -> list[str]:
     if result.bound is not None:
         bound = result.bound.h2d_bytes
         rows.append(("lower bound", human(bound), human(bound // calls), "", "", "", ""))
+    return aligned(rows)
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Table rows as text lines: the first column left-aligned, the others right-aligned, two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]

@@ -84,7 +84,7 @@ class _Pristine:
 _pristine: "weakref.WeakValueDictionary[int, _Pristine]" = weakref.WeakValueDictionary()
 
 
-def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = None) -> "AppliedPlan":
+def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = None, at=None) -> "AppliedPlan":
     """Install `plan` on the diffusers pipeline `pipe` and return the handle that undoes it.
 
     Everything is checked before anything changes; a bad combination raises `PlanError` (located at the plan)
@@ -94,7 +94,8 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
     pipeline calls the schedule is planned for: the first `calls` calls follow `planner.schedule.optimal` for
     exactly that many calls (what `planner simulate --calls` prints); later calls, or all of them when it is
     None, follow a schedule planned for `budget.HORIZON` calls and then its steady cycle. At `granularity: block`
-    the schedule is the steady cycle of `planner.blocks.solve` and `calls` is not used.
+    the schedule is the steady cycle of `planner.blocks.solve` and `calls` is not used. `at(key, rule, message,
+    fix)` locates the budget policy's problems (default `plan.problem`; `planner apply` points at its flags).
     """
     compat.require()
     if not isinstance(plan, Plan):
@@ -108,10 +109,10 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
         raise PlanError(problems)
     budget = prepared = None
     if getattr(plan, "policy", "chain") == "budget":
-        budget = budget_for(plan, target, dry_run)  # raises PlanError (PLN307) when there is none to be had
+        budget = budget_for(plan, target, dry_run, at)  # raises PlanError (PLN307) when there is none to be had
         if plan.granularity == "block":  # the block schedule and the pin choice (PLN307, PLN411)
-            prepared = prepare(pipe, plan, budget, target, dry_run)
-        problems = [] if prepared is not None else budget_problems(pipe, plan, budget)
+            prepared = prepare(pipe, plan, budget, target, dry_run, at)
+        problems = [] if prepared is not None else budget_problems(pipe, plan, budget, at)
         if problems:
             raise PlanError(problems)
     previous = applied_to(pipe)

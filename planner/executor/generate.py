@@ -86,17 +86,13 @@ def run(plan: Plan, request: Request) -> str:
     budgeted = plan.policy == "budget"
     if budgeted and plan.granularity == "block" and plan.steps != request.steps:
         plan = replace(plan, steps=request.steps)  # the block schedule counts the denoiser's forwards this run makes
-    size = budget.budget_for(plan, devices.target(plan), request.dry_run, at) if budgeted else None
+    if budgeted:  # no budget to be had (a dry run without one) fails before the pipeline loads
+        budget.budget_for(plan, devices.target(plan), request.dry_run, at)
     with console(request.progress):
         pipe = load_pipeline(plan, source, at)
         pipe.set_progress_bar_config(disable=not request.progress)
-        if budgeted and plan.granularity == "block":  # the block schedule and pin choice, located at the flags
-            from planner.executor.blockwise import prepare
-
-            prepare(pipe, plan, size, devices.target(plan), request.dry_run, at)
-        elif budgeted and (problems := budget.budget_problems(pipe, plan, size, at)):
-            raise PlanError(problems)  # located at --budget when the flag set it; apply would say it at the plan
-        applied = apply(pipe, plan, dry_run=request.dry_run, calls=request.calls)
+        # the budget policy's problems located at --budget when the flag set it, not at the plan
+        applied = apply(pipe, plan, dry_run=request.dry_run, calls=request.calls, at=at)
         try:
             images = _generate(applied, request)
             _write(applied, request, images)
