@@ -1,4 +1,4 @@
-"""Read a pipeline folder's sizes from its safetensors headers (planner.sizes), against loading the same folder with
+"""Read a pipeline folder's sizes from its safetensors headers (planner.folder), against loading the same folder with
 diffusers' `DiffusionPipeline.from_pretrained`, in the same run, and print the ratio. Not a test: it prints, it
 never asserts.
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _progress import progress  # noqa: E402
 
-READ = "import sys; from planner import sizes; s, p = sizes.read(sys.argv[1]); assert s and not p"
+READ = "import sys; from planner.folder import reader; s, p = reader.read(sys.argv[1]); assert s and not p"
 LOAD = "import sys; from diffusers import DiffusionPipeline; DiffusionPipeline.from_pretrained(sys.argv[1])"
 
 
@@ -58,7 +58,7 @@ def in_process(folder: Path, reads: int, loads: int) -> tuple[float, float]:
     from diffusers.utils import logging
     from transformers.utils import logging as transformers_logging
 
-    from planner import sizes
+    from planner.folder import reader as sizes
 
     logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
@@ -73,7 +73,7 @@ def in_process(folder: Path, reads: int, loads: int) -> tuple[float, float]:
 
 
 def _sizes_of(folder: Path):
-    from planner import sizes
+    from planner.folder import reader as sizes
 
     found, problems = sizes.read(folder)
     assert found and not problems, problems
@@ -83,7 +83,7 @@ def _sizes_of(folder: Path):
 def sdxl_sized(root: Path, reads: int) -> tuple[list[float], int, int]:
     import headers
 
-    from planner import sizes
+    from planner.folder import reader as sizes
 
     progress("writing SDXL-sized sparse files (builds the four models on the meta device)")
     folder = headers.sdxl(root / "sdxl")

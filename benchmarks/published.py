@@ -6,10 +6,11 @@ file) and how its values were obtained (a GitHub copy of the file, the conversio
 of the hub repo with its Git LFS pointers). A model whose config could not be sourced is not built: its component
 is listed in `PLANS[stem].unknown` (or the whole plan in `UNKNOWN_PLANS`) with the reason.
 
-Sizes are what `planner.sizes` reports for a real folder: the meta state dict becomes the `Tensor` list a
+Sizes are what `planner.folder` reports for a real folder: the meta state dict becomes the `Tensor` list a
 safetensors header would hold (each tied tensor once), read through `ComponentSizes.bytes_at` and `.blocks` at the
 plan's `torch_dtype` (so transformers' float32 exceptions, T5's `wo` at float16, count as they load), and the blocks
-are `planner.sizes.block_of`'s, the same definition `planner inspect` uses. torch is imported here, never by planner.
+are `planner.blocknames.block_of`'s, the same definition `planner inspect` uses. torch is imported here, never by
+planner.
 
     from benchmarks import published        # or with benchmarks/ on sys.path: import published
     published.plan_sizes("sdxl-base")       # {"dtype": "float16", "components": {...}, "blocks": {...}, ...}
@@ -729,9 +730,9 @@ def _construct(model: Model):
 
 @functools.cache
 def tensors(key: str):
-    """The tensors `save_pretrained` would store for model `key`, as `planner.sizes.Tensor`s: its state dict,
+    """The tensors `save_pretrained` would store for model `key`, as `planner.folder.sizes.Tensor`s: its state dict,
     each tensor once under its first name (a tied tensor is stored once), at the dtype it was built in."""
-    from planner.sizes import Tensor
+    from planner.folder.sizes import Tensor
 
     seen, out = set(), []
     for name, tensor in build(key).state_dict(keep_vars=True).items():
@@ -744,8 +745,8 @@ def tensors(key: str):
 
 
 def component(name: str, key: str):
-    """Model `key` as the `planner.sizes.ComponentSizes` a folder holding it would give for component `name`."""
-    from planner.sizes import ComponentSizes
+    """Model `key` as the `planner.folder.sizes.ComponentSizes` a folder holding it would give for component `name`."""
+    from planner.folder.sizes import ComponentSizes
 
     model = MODELS[key]
     return ComponentSizes(name, model.library, model.cls, (), tensors(key))

@@ -4,7 +4,7 @@ Pure (no torch, no diffusers): the scheduler behind `granularity: block` in `pla
 scipy (HiGHS) solves the integer program; it is imported only when a schedule is solved.
 
 The model. A block is a component's repeated submodule (`down_blocks.1`, `transformer_blocks.7`,
-`text_model.encoder.layers.3`, as `planner.sizes.block_of` names them) or the rest of the component (`REST`). One
+`text_model.encoder.layers.3`, as `planner.blocknames.block_of` names them) or the rest of the component (`REST`). One
 pipeline call is a sequence of passes: a component's forward, in the plan's call order, the denoiser once per
 step. A pass runs REST and the component's blocks (an autoencoder's decode pass runs its `decoder.` blocks, an
 encode pass its `encoder.` blocks: `runs`). Between two consecutive runs of a block (the last run of a call and
@@ -36,7 +36,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
-from planner.sizes import REST
+from planner.blocknames import REST
 
 # The components that run once per denoising step (a pipeline's denoiser, and a ControlNet beside it).
 DENOISERS = frozenset({"unet", "transformer", "transformer_2", "prior", "decoder", "transformer_3d", "controlnet"})
@@ -763,7 +763,7 @@ def timing(schedule: BlockSchedule, *, pinned: frozenset[tuple[str, str]] = froz
 def model_for(plan, blocks: Mapping[str, Mapping[str, int]], budget: int, *, steps: int | None = None,
               prefetch: bool | None = None, granularity: str | None = None) -> Model:
     """The block model of `plan` (a `planner.plan.Plan`) on `blocks` ({component: {block: bytes}} in run order,
-    as `planner.sizes.ComponentSizes.blocks` or the executor's module tree give them; a component absent from it
+    as `planner.folder.sizes.ComponentSizes.blocks` or the executor's module tree give them; a component absent from it
     is absent from the pipeline): its call order without the excluded components, whose bytes stay resident,
     `steps` (else the plan's, else 1) and `prefetch` (else the plan's). With `granularity` "component" (else the
     plan's), each component is one block."""

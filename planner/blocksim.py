@@ -1,7 +1,7 @@
 """`planner simulate` at block granularity: a plan's steady-state call under our block schedule and the peers'.
 
 Pure (no torch; scipy solves the schedule). The plan and each component's per-block bytes go in (from a model
-folder's safetensors headers: `planner.sizes.ComponentSizes.blocks`), and a `BlockSimulation` comes out:
+folder's safetensors headers: `planner.folder.sizes.ComponentSizes.blocks`), and a `BlockSimulation` comes out:
 
 - ours: `planner.blocks.solve`, the fewest host-to-device bytes per steady call within the budget, exact, with
   the LP relaxation's bound beside it;

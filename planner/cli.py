@@ -20,10 +20,10 @@ from pathlib import Path
 
 from planner import __version__
 from planner.discover import Entry, discover
+from planner.folder.sizes import TORCH_DTYPES
 from planner.plan import PlanError, Problem
 from planner.report import FORMATS
 from planner.report.common import is_error, visible
-from planner.sizes import TORCH_DTYPES
 from planner.tiny import KINDS  # a constant: importing it loads no torch
 from planner.validate import check, load_plan
 
@@ -336,7 +336,7 @@ def _validate(args, parser) -> int:
         report = neutral_json(json.dumps({**json.loads(report), "sizes": [t.to_json() for t in tables]},
                                          indent=2)) + "\n"
     elif tables and args.format == "text":
-        from planner.sizes import render_text
+        from planner.folder.text import render_text
 
         report = "".join(_visible_text(render_text(t)) + "\n" for t in tables) + report
     _write(report)
@@ -346,7 +346,7 @@ def _validate(args, parser) -> int:
 def _against_model(model: str, entries: list[Entry]) -> tuple[list, list[Problem]]:
     """`validate --model`: the sizes read and the problems of the model folder and of each plan against it. A
     plan with errors is not compared (its own problems are reported already)."""
-    from planner import sizes
+    from planner.folder import check as folder_check
 
     plans = []
     for entry in entries:
@@ -355,7 +355,7 @@ def _against_model(model: str, entries: list[Entry]) -> tuple[list, list[Problem
                 plans.append(load_plan(entry.path))
             except PlanError:
                 pass
-    return sizes.check_plans(model, plans)
+    return folder_check.check_plans(model, plans)
 
 
 def _write(text: str) -> None:
@@ -375,20 +375,20 @@ def _visible_text(text: str) -> str:
 def _inspect(args, parser) -> int:
     from dataclasses import asdict
 
-    from planner import sizes
+    from planner.folder import reader, sizes, text
     from planner.report.common import neutral_json
 
     if not args.source.strip():
         _usage(parser, "inspect", "an empty name: name a folder holding model_index.json, or a hub id (org/name)")
     if args.variant is not None and not args.variant.strip():
         _usage(parser, "inspect", "--variant: an empty name: name a variant such as fp16, or leave it out")
-    found, problems = sizes.read(args.source, variant=args.variant, torch_dtype=args.dtype, revision=args.revision)
+    found, problems = reader.read(args.source, variant=args.variant, torch_dtype=args.dtype, revision=args.revision)
     if args.format == "json":
         shown = found or sizes.ModelSizes(None, args.source, {}, variant=args.variant, torch_dtype=args.dtype)
         _write(neutral_json(json.dumps({**shown.to_json(), "problems": [asdict(p) for p in problems]},
                                        indent=2)) + "\n")
     elif found is not None:
-        _write(_visible_text(sizes.render_text(found)))
+        _write(_visible_text(text.render_text(found)))
     if args.format == "text" and problems:
         sys.stdout.flush()  # the table first, then what kept components out of it
         _fail_lines(problems)
@@ -445,9 +445,9 @@ def _init(args, parser) -> int:
                                schema=scaffold.schema_path(args.output))
     cls, where = args.pipeline_class, "--pipeline-class"
     if args.model is not None:
-        from planner import sizes
+        from planner.folder import reader
 
-        read, problems = sizes.read(args.model, variant=args.variant, torch_dtype=args.dtype)
+        read, problems = reader.read(args.model, variant=args.variant, torch_dtype=args.dtype)
         if problems:
             return _fail_lines(problems)
         cls, where = read.class_name, os.path.join(args.model, "model_index.json")
@@ -677,9 +677,10 @@ def _folder_sizes(args, plan, parser) -> tuple[dict, str]:
 
 
 def _folder_table(args, plan, parser):
-    """(`planner.sizes.ModelSizes`, its source) for --model, else the plan's pipeline.source when that is a local
+    """(`planner.folder.sizes.ModelSizes`, its source) for --model, else the plan's pipeline.source when that is a local
     folder, checked against the plan (`planner validate --model`'s checks); raises PlanError with the problems."""
-    from planner import rules, sizes
+    from planner import rules
+    from planner.folder import check as folder_check
 
     source = args.model
     if source is None:
@@ -695,7 +696,7 @@ def _folder_table(args, plan, parser):
         source = located.name
     elif not source.strip():
         _usage(parser, "simulate", "--model: an empty name: name a folder holding model_index.json, or a hub id")
-    tables, problems = sizes.check_plans(source, [plan])
+    tables, problems = folder_check.check_plans(source, [plan])
     if args.budget is not None:  # the plan's own budget is not the one simulated
         problems = [p for p in problems if p.rule != rules.PLN409.id]
     if any(is_error(p) for p in problems) or not tables:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner import index
+from planner.folder.sizes import ModelSizes
 from planner.rules import PLN501, PLN502, PLN506
 from planner.rules.context import did_you_mean
-from planner.sizes import ModelSizes
 
 MODELINE = "# yaml-language-server: $schema={}"
 COMMENT_COLUMN = 40  # where a component's comment starts, as in the library plans

@@ -50,7 +50,7 @@ class BudgetTooSmall(ScheduleError):
 
     def __init__(self, budget: int, needed: int, component: str | None, resident_bytes: int):
         self.budget, self.needed, self.component, self.resident_bytes = budget, needed, component, resident_bytes
-        from planner.sizes import human  # only when the error is shown: keeps this module's import light
+        from planner.folder.sizes import human  # only when the error is shown: keeps this module's import light
 
         what = f"component {component!r} needs {human(needed - resident_bytes)}" if component else "nothing more"
         kept = f" beside {human(resident_bytes)} kept resident" if resident_bytes else ""

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from planner import blocks, blocksim, load_plan, sizes
+from planner import blocks, blocksim, load_plan
 from planner.cli import main
+from planner.folder import reader
 from planner.plan import PlanError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ def run_cli(capsys, *argv):
 
 
 def folder_blocks(folder: Path, plan) -> dict:
-    found, problems = sizes.read(folder, variant=plan.variant, torch_dtype=plan.torch_dtype)
+    found, problems = reader.read(folder, variant=plan.variant, torch_dtype=plan.torch_dtype)
     assert found is not None, problems
     return {name: c.blocks(plan.torch_dtype) for name, c in found.components.items()}
 

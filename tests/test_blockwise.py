@@ -15,8 +15,8 @@ import torch
 
 import planner
 from planner import blocks, host
+from planner.blocknames import REST, block_of
 from planner.plan import PlanError
-from planner.sizes import REST, block_of
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DiffusionPipeline  # noqa: E402

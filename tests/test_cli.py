@@ -860,7 +860,8 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(monkeypatch, capsys
 
 
 def test_sizes_beyond_any_memory_are_problems_not_tracebacks(capsys):
-    from planner import sizes, units
+    from planner import units
+    from planner.folder import sizes
 
     huge = "9" * 400
     with pytest.raises(ValueError, match="too large"):

@@ -15,7 +15,7 @@ import headers
 import pytest
 
 import planner
-from planner import sizes
+from planner.folder import reader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -128,7 +128,7 @@ def test_sizes_agree_with_planner_inspect_on_a_real_sized_folder(tmp_path, stem,
                  t.shape) for t in published.tensors(key)]
         headers.write_file(tmp_path / name / (f"{base}.{variant}.safetensors" if variant else f"{base}.safetensors"),
                            spec)
-    read, problems = sizes.read(tmp_path, variant=variant, torch_dtype=published.plan_dtype(stem))
+    read, problems = reader.read(tmp_path, variant=variant, torch_dtype=published.plan_dtype(stem))
     assert problems == [] and read is not None
     expected = published.plan_sizes(stem)
     assert read.loaded_bytes() == expected["components"]

@@ -32,14 +32,14 @@ PROVEN_ELSEWHERE = {
     "PLN305": "tests/test_generate.py::test_failing_call_is_one_line",
     "PLN306": "tests/test_scaffold.py::test_a_plan_without_pipes_on_a_connected_pipeline_is_refused_unchanged",
     "PLN307": "tests/test_budget.py::test_a_dry_run_needs_a_budget",
-    "PLN401": "tests/test_sizes.py::test_a_folder_that_is_not_a_pipeline_is_pln401",
-    "PLN402": "tests/test_sizes.py::test_a_model_index_that_is_not_a_pipeline_index_is_pln402",
-    "PLN403": "tests/test_sizes.py::test_a_component_without_weights_is_pln403",
-    "PLN404": "tests/test_sizes.py::test_a_header_that_is_not_valid_is_pln404",
-    "PLN405": "tests/test_sizes.py::test_a_truncated_file_names_the_bytes_missing",
-    "PLN406": "tests/test_sizes.py::test_a_missing_shard_is_pln406_naming_it",
-    "PLN407": "tests/test_sizes.py::test_a_variant_no_component_has_is_refused_as_diffusers_refuses_it",
-    "PLN408": "tests/test_sizes.py::test_a_hub_id_offline_is_one_problem_and_no_request",
+    "PLN401": "tests/test_folder.py::test_a_folder_that_is_not_a_pipeline_is_pln401",
+    "PLN402": "tests/test_folder.py::test_a_model_index_that_is_not_a_pipeline_index_is_pln402",
+    "PLN403": "tests/test_folder.py::test_a_component_without_weights_is_pln403",
+    "PLN404": "tests/test_folder.py::test_a_header_that_is_not_valid_is_pln404",
+    "PLN405": "tests/test_folder.py::test_a_truncated_file_names_the_bytes_missing",
+    "PLN406": "tests/test_folder.py::test_a_missing_shard_is_pln406_naming_it",
+    "PLN407": "tests/test_folder.py::test_a_variant_no_component_has_is_refused_as_diffusers_refuses_it",
+    "PLN408": "tests/test_folder.py::test_a_hub_id_offline_is_one_problem_and_no_request",
     "PLN409": "tests/test_rules.py::test_a_budget_below_the_largest_offloaded_component_is_pln409_with_the_numbers",
     "PLN410": "tests/test_simulate.py::test_a_plan_component_without_a_size_is_pln410_naming_it",
     "PLN411": "tests/test_blocksim.py::test_pin_true_beyond_the_spare_memory_is_pln411_at_the_plan_key",
@@ -416,7 +416,7 @@ def test_problems_of_a_rule_take_its_fix_and_severity():
 
 def test_model_folder_rules_are_the_rule_lists():
     """planner.sizes words its PLN4xx problems; their title and fix are the rule list's (one place for each)."""
-    from planner import sizes
+    from planner.folder import sizes
 
     for rule_id, entry in getattr(sizes, "RULES", {}).items():
         rule = RULES[rule_id]
@@ -444,16 +444,17 @@ BUDGET_PLAN = ("version: 1\npipeline: {{class: StableDiffusionPipeline{dtype}}}\
 
 
 def _budget_problems(tmp_path, budget, policy="policy: budget\n", dtype="", uses=""):
-    from planner import sizes
+    from planner.folder import check as folder_check
+    from planner.folder import reader
 
     folder = tmp_path / "model"
     if not folder.exists():
         _sized_folder(folder)
     path = tmp_path / "p.yaml"
     path.write_text(BUDGET_PLAN.format(budget=budget, policy=policy, dtype=dtype, uses=uses), encoding="utf-8")
-    model, read_problems = sizes.read(folder)
+    model, read_problems = reader.read(folder)
     assert read_problems == []
-    return sizes.check_plan(planner.load_plan(path), model)
+    return folder_check.check_plan(planner.load_plan(path), model)
 
 
 def test_a_budget_below_the_largest_offloaded_component_is_pln409_with_the_numbers(tmp_path):

@@ -220,7 +220,7 @@ def test_init_mistakes_are_one_located_line_and_exit_1(argv, rule, words, capsys
 
 
 def test_init_from_a_model_folder_names_its_source_and_sizes(tiny_pipelines, tmp_path, capsys):
-    from planner import sizes
+    from planner.folder import reader
 
     tiny_sd = tiny_pipelines["sd"]
     target = tmp_path / "plans" / "tiny.yaml"
@@ -229,7 +229,7 @@ def test_init_from_a_model_folder_names_its_source_and_sizes(tiny_pipelines, tmp
     plan = planner.load_plan(target)
     assert plan.pipeline_class == "StableDiffusionPipeline"
     assert Path(target.parent, plan.pipeline_source).resolve() == Path(tiny_sd).resolve()
-    read, problems = sizes.read(tiny_sd)
+    read, problems = reader.read(tiny_sd)
     assert problems == []
     for name, component in read.components.items():
         line = next(line for line in text.splitlines() if line.startswith(f"  - {name} "))

@@ -2,7 +2,7 @@
 
 `planner.blocks` decides (`model_for`, `solve`, `forwards`: what each forward of a call holds, streams and drops);
 this module carries it out on a pipeline. A component's blocks come from its module tree: each tensor goes to
-`planner.sizes.block_of(its name)`, the naming of the safetensors reader, so the executor's blocks are the ones
+`planner.blocknames.block_of(its name)`, the naming of the safetensors reader, so the executor's blocks are the ones
 `planner simulate --granularity block` reads from a folder (bytes as `components.module_bytes` counts them, which
 also sees the non-persistent buffers). A tensor reached under two blocks' names (tied weights), or a block that is
 not a submodule, goes to REST, which is on the device for every forward of its component.
@@ -41,6 +41,7 @@ import torch
 from accelerate.hooks import ModelHook, add_hook_to_module
 
 from planner import blocks, host
+from planner.blocknames import REST, block_of, block_order
 from planner.blocks import BlockSchedule, Forward
 from planner.executor import compat
 from planner.executor.budget import (
@@ -62,7 +63,6 @@ from planner.executor.chain import AFTER_OFFLOAD_ALL
 from planner.executor.components import model_components
 from planner.plan import Plan, PlanError, Problem
 from planner.rules import PLN307
-from planner.sizes import REST, block_of, block_order
 from planner.units import human
 
 # Why a transfer happened, when the script did not plan it (Event.reason); budget's labels too (UNPREDICTED: a
@@ -121,7 +121,7 @@ def partition(module: torch.nn.Module) -> Partition:
         owners = {outer[b] if b != REST else REST for b in found}
         block = owners.pop() if len(owners) == 1 else REST
         groups.setdefault(block, []).append(tensors[key])
-    order = sorted((b for b in groups if b != REST), key=block_order)  # the order planner.sizes gives blocks
+    order = sorted((b for b in groups if b != REST), key=block_order)  # the order planner.folder gives blocks
     return Partition({**{b: tuple(groups[b]) for b in order}, REST: tuple(groups.get(REST, ()))},
                      {b: modules[b] for b in order})
 

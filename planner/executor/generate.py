@@ -145,9 +145,9 @@ def locate_source(plan: Plan, request: Request, at: Callable[..., Problem] | Non
     if problem:
         raise PlanError([at("pipeline.source", PLN304, problem, f"point {spelled} at a folder written by "
                             "save_pretrained (planner tiny sd FOLDER builds one)")])
-    from planner import sizes
+    from planner.folder import local
 
-    if plan.variant and not sizes.has_variant(folder, plan.variant):  # diffusers refuses it only after imports
+    if plan.variant and not local.has_variant(folder, plan.variant):  # diffusers refuses it only after imports
         raise PlanError([at("pipeline.variant", PLN407, f"no component of {str(folder)!r} has files of the "
                             f"variant {plan.variant!r}", PLN407.fix)])
     return Source(str(folder), folder_class)

@@ -7,7 +7,7 @@ rules (PLN1xx, and the keys whose own rule says more: PLN201, PLN206, PLN207, PL
 `planner.rules.schema`; the device (PLN202-205) in `planner.rules.device`; components and their order (PLN208-212,
 PLN216) in `planner.rules.graph`; the budget policy's keys (PLN217-219) in `planner.rules.policy`;
 the pipeline class against the shipped index (PLN5xx) in `planner.rules.pipeline`. PLN3xx arise when `planner
-apply` meets the loaded pipeline (the executor), PLN4xx when a model folder is read (`planner.sizes`). This module
+apply` meets the loaded pipeline (the executor), PLN4xx when a model folder is read (`planner.folder`). This module
 imports nothing but the values, so every layer can use it.
 """
 
@@ -145,7 +145,7 @@ PLN307 = Rule("PLN307", "the budget policy cannot run within a budget here: no b
               "component it moves plus the exclusions", "write budget: SIZE (or pass --budget), at least the size "
               "the message names")
 
-# -- model folders, read without loading weights: planner.sizes -------------------------------------------------
+# -- model folders, read without loading weights: planner.folder -------------------------------------------------
 PLN401 = Rule("PLN401", "a source that is not a diffusers pipeline: a missing path, no model_index.json, an "
               "unknown hub repo", "name the folder that holds model_index.json, or a hub id (org/name)")
 PLN402 = Rule("PLN402", "a model_index.json that is not valid JSON or not a pipeline index",

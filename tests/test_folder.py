@@ -14,7 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner import sizes
+from planner import blocknames
+from planner.folder import check as folder_check
+from planner.folder import files, local, reader, safetensors, sizes
+from planner.folder import pipeline as folder_pipeline
+from planner.folder import text as folder_text
 
 ROOT = Path(__file__).parent.parent
 VAE = ("diffusers", "AutoencoderKL")
@@ -53,7 +57,7 @@ def only(problems, rule):
 
 
 def test_sdxl_fp16_variant_sizes_are_exact_to_the_byte(sdxl_folder):
-    found, problems = sizes.read(sdxl_folder, variant="fp16")
+    found, problems = reader.read(sdxl_folder, variant="fp16")
     assert problems == []
     assert found.class_name == "StableDiffusionXLPipeline"
     assert list(found.components) == ["text_encoder", "text_encoder_2", "unet", "vae"]
@@ -71,7 +75,7 @@ def test_sdxl_fp16_variant_sizes_are_exact_to_the_byte(sdxl_folder):
 
 
 def test_sdxl_without_a_variant_reads_the_float32_files(sdxl_folder):
-    found, problems = sizes.read(sdxl_folder)
+    found, problems = reader.read(sdxl_folder)
     assert problems == []
     for name, comp in found.components.items():
         assert (comp.bytes, comp.dtype, comp.variant) == (4 * headers.PARAMS[f"sdxl.{name}"], "F32", None)
@@ -79,7 +83,7 @@ def test_sdxl_without_a_variant_reads_the_float32_files(sdxl_folder):
 
 
 def test_sdxl_unet_blocks_are_the_units_a_budget_streams_and_match_the_real_submodules(sdxl_folder):
-    unet = sizes.read(sdxl_folder, variant="fp16")[0].components["unet"]
+    unet = reader.read(sdxl_folder, variant="fp16")[0].components["unet"]
     blocks = unet.blocks("float16")
     assert list(blocks) == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0",
                             "up_blocks.1", "up_blocks.2", "rest"]
@@ -92,7 +96,7 @@ def test_sdxl_unet_blocks_are_the_units_a_budget_streams_and_match_the_real_subm
 
 
 def test_text_encoder_blocks_are_its_layers(sdxl_folder):
-    found = sizes.read(sdxl_folder, variant="fp16")[0]
+    found = reader.read(sdxl_folder, variant="fp16")[0]
     for name, prefix, layers in (("text_encoder", "", 12), ("text_encoder_2", "text_model.", 32)):
         blocks = found.components[name].blocks("float16")
         assert list(blocks) == [f"{prefix}encoder.layers.{i}" for i in range(layers)] + ["rest"]
@@ -100,7 +104,7 @@ def test_text_encoder_blocks_are_its_layers(sdxl_folder):
 
 
 def test_flux_sharded_bf16_sizes_are_exact_and_the_tied_t5_embedding_counts_once(flux_folder):
-    found, problems = sizes.read(flux_folder, torch_dtype="bfloat16")
+    found, problems = reader.read(flux_folder, torch_dtype="bfloat16")
     assert problems == []
     transformer, t5 = found.components["transformer"], found.components["text_encoder_2"]
     assert transformer.bytes == 2 * headers.PARAMS["flux.transformer"] == 23_802_816_640
@@ -120,7 +124,7 @@ def test_flux_sharded_bf16_sizes_are_exact_and_the_tied_t5_embedding_counts_once
 
 
 def test_flux_blocks_are_the_double_and_single_stream_blocks(flux_folder):
-    found = sizes.read(flux_folder, torch_dtype="bfloat16")[0]
+    found = reader.read(flux_folder, torch_dtype="bfloat16")[0]
     transformer = found.components["transformer"]
     blocks = transformer.blocks("bfloat16")
     assert list(blocks) == ([f"single_transformer_blocks.{i}" for i in range(38)]
@@ -136,7 +140,7 @@ def test_flux_blocks_are_the_double_and_single_stream_blocks(flux_folder):
 
 
 def test_t5_keeps_wo_in_float32_at_float16_only(flux_folder):
-    t5 = sizes.read(flux_folder)[0].components["text_encoder_2"]
+    t5 = reader.read(flux_folder)[0].components["text_encoder_2"]
     wo = 24 * 4096 * 10240
     assert t5.bytes_at("float16") == t5.bytes + 2 * wo
     assert t5.bytes_at("bfloat16") == t5.bytes
@@ -155,7 +159,7 @@ def test_t5_sizes_equal_what_transformers_loads_with_wo_kept_in_float32(tmp_path
     headers.write_index(tmp_path / "p", "StableDiffusion3Pipeline", {"text_encoder_3": ("transformers",
                                                                                          "T5EncoderModel")})
     T5EncoderModel(config).half().save_pretrained(tmp_path / "p" / "text_encoder_3")
-    comp = sizes.read(tmp_path / "p")[0].components["text_encoder_3"]
+    comp = reader.read(tmp_path / "p")[0].components["text_encoder_3"]
     assert "encoder.embed_tokens.weight" not in {t.name for t in comp.tensors}  # tied: stored once
     loaded = T5EncoderModel.from_pretrained(tmp_path / "p" / "text_encoder_3",
                                             **({"dtype": getattr(torch, dtype)} if dtype else {}))
@@ -178,7 +182,7 @@ def test_keep_in_fp32_table_matches_the_installed_libraries():
 
 def test_torch_dtype_casts_floating_tensors_and_keeps_integers(tmp_path):
     root = small_pipeline(tmp_path / "p", vae=VAE, text_encoder=TEXT)
-    vae, text = (sizes.read(root)[0].components[n] for n in ("vae", "text_encoder"))
+    vae, text = (reader.read(root)[0].components[n] for n in ("vae", "text_encoder"))
     floats32, floats16 = 432 + 16, 64 + 64
     assert vae.bytes == SMALL_BYTES and vae.dtypes == {"F32": floats32, "F16": floats16, "I64": 24}
     assert vae.bytes_at("float16") == (floats32 // 2) + floats16 + 24
@@ -187,11 +191,11 @@ def test_torch_dtype_casts_floating_tensors_and_keeps_integers(tmp_path):
     assert (vae.load_dtype(None), vae.bytes_at(None)) == ("float32", floats32 + 2 * floats16 + 24)
     assert (text.load_dtype(None), text.bytes_at(None)) == (None, SMALL_BYTES)
     with pytest.raises(ValueError, match="unknown torch_dtype"):
-        sizes.read(root, torch_dtype="half")
+        reader.read(root, torch_dtype="half")
 
 
 def test_to_json_has_the_inspect_shape(flux_folder):
-    found = sizes.read(flux_folder, torch_dtype="float16")[0]
+    found = reader.read(flux_folder, torch_dtype="float16")[0]
     doc = json.loads(json.dumps(found.to_json()))
     assert (doc["class"], doc["source"], doc["dtype"], doc["variant"]) == ("FluxPipeline", str(flux_folder),
                                                                           "float16", None)
@@ -207,7 +211,7 @@ def test_to_json_has_the_inspect_shape(flux_folder):
 
 
 def test_render_text_lists_each_model_and_the_total(sdxl_folder):
-    text = sizes.render_text(sizes.read(sdxl_folder, variant="fp16", torch_dtype="float16")[0])
+    text = folder_text.render_text(reader.read(sdxl_folder, variant="fp16", torch_dtype="float16")[0])
     lines = text.splitlines()
     assert lines[0] == f"StableDiffusionXLPipeline  {sdxl_folder}  variant fp16"
     assert lines[2].split() == ["component", "class", "stored", "dtype", "at", "float16", "blocks", "largest",
@@ -221,16 +225,16 @@ def test_reading_a_real_sized_folder_reads_each_weights_header_once_and_no_weigh
     """What makes it take milliseconds, counted instead of timed: each weights file is opened once and only its
     8-byte length and its header are read, never a byte of the 6.94 GB of tensors it describes."""
     opened: dict[str, int] = {}
-    original = sizes._open_regular
+    original = files.open_regular
 
     def counting(path):
         f, size = original(path)
         opened[os.fsdecode(path)] = opened.get(os.fsdecode(path), 0) + 1
         return _Counted(f, os.fsdecode(path)), size
 
-    monkeypatch.setattr(sizes, "_open_regular", counting)
+    monkeypatch.setattr(safetensors, "open_regular", counting)
     _Counted.read_bytes.clear()
-    read, problems = sizes.read(sdxl_folder, variant="fp16")
+    read, problems = reader.read(sdxl_folder, variant="fp16")
     assert problems == [] and read.components
     weights = [p for p in opened if p.endswith(".safetensors")]
     assert weights and all(opened[p] == 1 for p in weights)
@@ -264,29 +268,30 @@ class _Counted:
 
 
 def test_weights_candidates_follow_diffusers_and_transformers():
-    assert sizes.weights_candidates("diffusers", "fp16") == [
+    assert folder_pipeline.weights_candidates("diffusers", "fp16") == [
         "diffusion_pytorch_model.safetensors.index.fp16.json", "diffusion_pytorch_model.safetensors.fp16.index.json",
         "diffusion_pytorch_model.fp16.safetensors"]
-    assert sizes.weights_candidates("transformers", None) == ["model.safetensors", "model.safetensors.index.json"]
+    assert folder_pipeline.weights_candidates("transformers", None) == ["model.safetensors",
+                                                                      "model.safetensors.index.json"]
 
 
 def test_a_component_without_the_variant_falls_back_to_its_plain_files(tmp_path):
     root = small_pipeline(tmp_path / "p", vae=VAE, text_encoder=TEXT)
     headers.write_file(root / "vae" / "diffusion_pytorch_model.fp16.safetensors", SMALL[:2])
-    found, problems = sizes.read(root, variant="fp16")
+    found, problems = reader.read(root, variant="fp16")
     assert problems == []
     assert (found.components["vae"].variant, found.components["vae"].bytes) == ("fp16", 448)
     assert (found.components["text_encoder"].variant, found.components["text_encoder"].bytes) == (None, SMALL_BYTES)
-    assert "text_encoder (no variant)" in sizes.render_text(found)
+    assert "text_encoder (no variant)" in folder_text.render_text(found)
 
 
 def test_a_variant_no_component_has_is_refused_as_diffusers_refuses_it(tiny_pipelines):
     from diffusers import DiffusionPipeline
 
-    found, problems = sizes.read(tiny_pipelines["sd"], variant="bf16")
+    found, problems = reader.read(tiny_pipelines["sd"], variant="bf16")
     assert found is None
     assert "variant 'bf16'" in only(problems, "PLN407").message
-    assert not sizes.has_variant(tiny_pipelines["sd"], "bf16")
+    assert not local.has_variant(tiny_pipelines["sd"], "bf16")
     with pytest.raises(ValueError, match="variant=bf16"):
         DiffusionPipeline.from_pretrained(tiny_pipelines["sd"], variant="bf16")
 
@@ -294,14 +299,14 @@ def test_a_variant_no_component_has_is_refused_as_diffusers_refuses_it(tiny_pipe
 def test_sharded_variant_and_legacy_index_names_are_read(tmp_path):
     root = small_pipeline(tmp_path / "p", vae=VAE)
     headers.write_sharded(root / "vae", "diffusion_pytorch_model", SMALL, 2, variant="fp16")
-    comp = sizes.read(root, variant="fp16")[0].components["vae"]
+    comp = reader.read(root, variant="fp16")[0].components["vae"]
     assert comp.files == ("vae/diffusion_pytorch_model.safetensors.index.fp16.json",
                           "vae/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
                           "vae/diffusion_pytorch_model.fp16-00002-of-00002.safetensors")
     assert comp.bytes == SMALL_BYTES
     (root / "vae" / "diffusion_pytorch_model.safetensors.index.fp16.json").rename(
         root / "vae" / "diffusion_pytorch_model.safetensors.fp16.index.json")
-    assert sizes.read(root, variant="fp16")[0].components["vae"].files[0] == (
+    assert reader.read(root, variant="fp16")[0].components["vae"].files[0] == (
         "vae/diffusion_pytorch_model.safetensors.fp16.index.json")
 
 
@@ -320,7 +325,7 @@ def test_tiny_pipeline_sizes_equal_the_loaded_modules(tiny_pipelines, torch_dtyp
     from diffusers import DiffusionPipeline
 
     for kind, folder in tiny_pipelines.items():
-        found, problems = sizes.read(folder, torch_dtype=torch_dtype)
+        found, problems = reader.read(folder, torch_dtype=torch_dtype)
         assert problems == []
         pipe = DiffusionPipeline.from_pretrained(folder, **({"dtype": getattr(torch, torch_dtype)}
                                                             if torch_dtype else {}))
@@ -338,7 +343,7 @@ def test_diffusers_loads_a_half_checkpoint_as_float32_without_torch_dtype(tmp_pa
                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4).half()
     headers.write_index(tmp_path / "p", "StableDiffusionPipeline", {"vae": VAE})
     vae.save_pretrained(tmp_path / "p" / "vae")
-    comp = sizes.read(tmp_path / "p")[0].components["vae"]
+    comp = reader.read(tmp_path / "p")[0].components["vae"]
     loaded = AutoencoderKL.from_pretrained(tmp_path / "p" / "vae")
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     assert comp.dtype == "F16" and comp.bytes_at(None) == loaded_bytes(loaded) == 2 * comp.bytes
@@ -361,9 +366,9 @@ def test_a_hub_id_reads_the_same_headers_by_range_requests(flux_folder, hub_cach
     server = headers.HubServer({"black-forest-labs/FLUX.1-dev": flux_folder})
     with server as endpoint:
         hub_cache.setenv("HF_ENDPOINT", endpoint)
-        remote, problems = sizes.read("black-forest-labs/FLUX.1-dev", torch_dtype="bfloat16")
+        remote, problems = reader.read("black-forest-labs/FLUX.1-dev", torch_dtype="bfloat16")
     assert problems == []
-    local = sizes.read(flux_folder, torch_dtype="bfloat16")[0].to_json()
+    local = reader.read(flux_folder, torch_dtype="bfloat16")[0].to_json()
     assert {**remote.to_json(), "source": None} == {**local, "source": None}
     assert remote.source == "black-forest-labs/FLUX.1-dev"
     weights = [r for r in server.requests if r[1].endswith(".safetensors")]
@@ -376,14 +381,14 @@ def test_a_hub_id_offline_is_one_problem_and_no_request(flux_folder, hub_cache):
     with server as endpoint:
         hub_cache.setenv("HF_ENDPOINT", endpoint)
         hub_cache.setenv("HF_HUB_OFFLINE", "1")
-        found, problems = sizes.read("org/flux")
+        found, problems = reader.read("org/flux")
     assert found is None and server.requests == []
     assert "offline" in only(problems, "PLN408").message
 
 
 def test_a_hub_id_without_network_is_one_problem(hub_cache):
     hub_cache.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    found, problems = sizes.read("org/name")
+    found, problems = reader.read("org/name")
     assert found is None
     assert only(problems, "PLN408").message.startswith("cannot reach http://127.0.0.1:9")
 
@@ -393,8 +398,8 @@ def test_an_unknown_or_non_diffusers_hub_repo_is_pln401(tmp_path, hub_cache):
     (tmp_path / "plain" / "config.json").write_text("{}")
     with headers.HubServer({"org/plain": tmp_path / "plain"}) as endpoint:
         hub_cache.setenv("HF_ENDPOINT", endpoint)
-        assert "nor a model repository" in only(sizes.read("org/missing")[1], "PLN401").message
-        assert "no model_index.json" in only(sizes.read("org/plain")[1], "PLN401").message
+        assert "nor a model repository" in only(reader.read("org/missing")[1], "PLN401").message
+        assert "no model_index.json" in only(reader.read("org/plain")[1], "PLN401").message
 
 
 # --- damaged folders: a rule each, never an exception -----------------------------------------------------------
@@ -405,7 +410,7 @@ def test_a_truncated_file_names_the_bytes_missing(tmp_path):
     path = root / "vae" / "diffusion_pytorch_model.safetensors"
     length = path.stat().st_size
     os.truncate(path, length - 100)
-    found, problems = sizes.read(root)
+    found, problems = reader.read(root)
     p = only(problems, "PLN405")
     assert p.path == str(path)
     assert p.message == f"truncated: 100 bytes missing (the header declares {length:,} bytes, the file has " \
@@ -418,19 +423,19 @@ def test_a_file_longer_than_its_header_says_is_pln405(tmp_path):
     root = small_pipeline(tmp_path / "p", vae=VAE)
     path = root / "vae" / "diffusion_pytorch_model.safetensors"
     os.truncate(path, path.stat().st_size + 7)
-    assert only(sizes.read(root)[1], "PLN405").message.startswith("7 bytes after the last tensor")
+    assert only(reader.read(root)[1], "PLN405").message.startswith("7 bytes after the last tensor")
 
 
 def test_a_file_cut_inside_its_header_and_a_git_lfs_pointer_are_pln405(tmp_path):
     path = tmp_path / "w.safetensors"
     headers.write_file(path, SMALL)
     os.truncate(path, 20)
-    assert "truncated inside its header" in sizes.read_header(path)[1].message
+    assert "truncated inside its header" in safetensors.read_header(path)[1].message
     path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 5135890710\n")
-    found = sizes.read_header(path)[1]
+    found = safetensors.read_header(path)[1]
     assert (found.rule, found.message) == ("PLN405", "a Git LFS pointer file, not the weights")
     path.write_bytes(b"\x01\x00")
-    assert sizes.read_header(path)[1].rule == "PLN405"
+    assert safetensors.read_header(path)[1].rule == "PLN405"
 
 
 def write_raw_header(path: Path, header: bytes, data: int = 0) -> Path:
@@ -459,14 +464,14 @@ def entry(dtype="F32", shape=(2,), offsets=(0, 8)):
     (json.dumps({"a": [1]}).encode(), "not described by an object"),
 ])
 def test_a_header_that_is_not_valid_is_pln404(tmp_path, header, why):
-    found, p = sizes.read_header(write_raw_header(tmp_path / "w.safetensors", header, 8))
+    found, p = safetensors.read_header(write_raw_header(tmp_path / "w.safetensors", header, 8))
     assert found == () and p.rule == "PLN404" and why in p.message, p
 
 
 def test_an_absurd_header_length_is_pln404_and_nothing_is_read(tmp_path):
     path = tmp_path / "w.safetensors"
     path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
-    p = sizes.read_header(path)[1]
+    p = safetensors.read_header(path)[1]
     assert p.rule == "PLN404" and "more than the 100,000,000 safetensors allows" in p.message
 
 
@@ -475,7 +480,7 @@ def test_a_missing_shard_is_pln406_naming_it(tmp_path):
     (root / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     shards = headers.write_sharded(root / "vae", "diffusion_pytorch_model", SMALL, 3)
     (root / "vae" / shards[1]).unlink()
-    p = only(sizes.read(root)[1], "PLN406")
+    p = only(reader.read(root)[1], "PLN406")
     assert p.path == str(root / "vae" / "diffusion_pytorch_model.safetensors.index.json")
     assert p.message == f"1 of 3 shards missing: {shards[1]}"
 
@@ -487,25 +492,25 @@ def test_shards_that_disagree_with_their_index_are_pln406(tmp_path):
     assert shards == ["diffusion_pytorch_model-00001-of-00002.safetensors",
                       "diffusion_pytorch_model-00002-of-00002.safetensors"]  # SMALL[:1] and SMALL[1:]
     headers.write_file(root / "vae" / shards[1], SMALL)  # conv.weight now in both shards
-    assert "'conv.weight' is stored in both" in only(sizes.read(root)[1], "PLN406").message
+    assert "'conv.weight' is stored in both" in only(reader.read(root)[1], "PLN406").message
     headers.write_file(root / "vae" / shards[1], SMALL[2:])  # conv.bias now nowhere
-    assert only(sizes.read(root)[1], "PLN406").message == (
+    assert only(reader.read(root)[1], "PLN406").message == (
         f"the weight_map disagrees with the shards for 1 tensors (first: 'conv.bias', mapped to {shards[1]}, "
         "stored in no shard)")
     index = root / "vae" / "diffusion_pytorch_model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"a": "../../etc/passwd"}}))
-    assert "plain file names" in only(sizes.read(root)[1], "PLN406").message
+    assert "plain file names" in only(reader.read(root)[1], "PLN406").message
     index.write_text("{")
-    assert "not valid JSON" in only(sizes.read(root)[1], "PLN406").message
+    assert "not valid JSON" in only(reader.read(root)[1], "PLN406").message
 
 
 def test_a_folder_that_is_not_a_pipeline_is_pln401(tmp_path):
-    assert "does not exist" in only(sizes.read(tmp_path / "nowhere")[1], "PLN401").message
+    assert "does not exist" in only(reader.read(tmp_path / "nowhere")[1], "PLN401").message
     (tmp_path / "file").write_text("x")
-    assert "is a file" in only(sizes.read(tmp_path / "file")[1], "PLN401").message
-    assert "no model_index.json" in only(sizes.read(tmp_path)[1], "PLN401").message
+    assert "is a file" in only(reader.read(tmp_path / "file")[1], "PLN401").message
+    assert "no model_index.json" in only(reader.read(tmp_path)[1], "PLN401").message
     root = small_pipeline(tmp_path / "p", vae=VAE)
-    p = only(sizes.read(root / "vae")[1], "PLN401")
+    p = only(reader.read(root / "vae")[1], "PLN401")
     assert "holds one model" in p.message and p.fix == "name the pipeline folder above it"
 
 
@@ -518,7 +523,7 @@ def test_a_folder_that_is_not_a_pipeline_is_pln401(tmp_path):
 ])
 def test_a_model_index_that_is_not_a_pipeline_index_is_pln402(tmp_path, index, why):
     (tmp_path / "model_index.json").write_text(index)
-    found, problems = sizes.read(tmp_path)
+    found, problems = reader.read(tmp_path)
     assert found is None and why in only(problems, "PLN402").message
 
 
@@ -529,7 +534,7 @@ def test_a_component_without_weights_is_pln403(tmp_path):
     (root / "unet" / "config.json").unlink()
     (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     (root / "unet").rmdir()
-    found, problems = sizes.read(root)
+    found, problems = reader.read(root)
     assert [p.rule for p in problems] == ["PLN403"] * 3
     messages = {Path(p.path).name: p.message for p in problems}
     assert "has no weights: none of diffusion_pytorch_model.safetensors" in messages["vae"]
@@ -544,7 +549,7 @@ def test_random_bytes_never_raise(data):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "w.safetensors"
         path.write_bytes(data)
-        tensors, p = sizes.read_header(path)
+        tensors, p = safetensors.read_header(path)
     if p is None:  # random bytes that happen to be a valid file: "{}" with the right length field
         assert len(data) == 8 + struct.unpack("<Q", data[:8])[0] + sum(t.nbytes for t in tensors)
     else:
@@ -563,7 +568,7 @@ entries = st.fixed_dictionaries({"dtype": st.sampled_from([*sizes.DTYPE_BITS, "F
 @given(st.dictionaries(st.text(max_size=4), entries | json_values, max_size=5), st.integers(0, 400))
 def test_random_headers_never_raise_and_a_valid_one_accounts_for_every_byte(header, size):
     raw = json.dumps(header).encode()
-    tensors, p = sizes.parse_header(raw, "w.safetensors", size)
+    tensors, p = safetensors.parse_header(raw, "w.safetensors", size)
     if p is None:
         assert size == 8 + len(raw) + sum(t.nbytes for t in tensors)
     else:
@@ -576,7 +581,7 @@ def test_random_headers_never_raise_and_a_valid_one_accounts_for_every_byte(head
 def test_headers_written_as_safetensors_writes_them_read_back_exactly(shapes):
     spec = [(f"m.{i}.w", dtype, shape) for i, (dtype, shape) in enumerate(shapes)]
     head = headers.header_bytes(spec, {"format": "pt"})
-    tensors, p = sizes.parse_header(head[8:], "w.safetensors", len(head) + headers.nbytes(spec))
+    tensors, p = safetensors.parse_header(head[8:], "w.safetensors", len(head) + headers.nbytes(spec))
     assert p is None and [(t.name, t.dtype, t.shape) for t in tensors] == spec
     assert sum(t.nbytes for t in tensors) == headers.nbytes(spec)
 
@@ -589,11 +594,12 @@ def test_block_of_finds_the_repeated_unit_at_any_depth():
              "decoder.mid_block", "single_transformer_blocks.3.attn.to_q.weight": "single_transformer_blocks.3",
              "0.weight": "0", "shared.weight": "rest", "time_embedding.linear_1.weight": "rest", "x": "rest",
              "layers.²": "rest"}
-    assert {name: sizes.block_of(name) for name in cases} == cases
+    assert {name: blocknames.block_of(name) for name in cases} == cases
 
 
 def test_the_module_imports_nothing_heavy_and_reads_without_it(tiny_pipelines):
-    code = ("import sys; from planner import sizes; s, p = sizes.read(sys.argv[1]); assert not p and s.components; "
+    code = ("import sys; from planner.folder import reader; s, p = reader.read(sys.argv[1]); "
+            "assert not p and s.components; "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'safetensors', 'huggingface_hub') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code, str(tiny_pipelines["sd"])], capture_output=True, text=True,
@@ -604,8 +610,8 @@ def test_the_module_imports_nothing_heavy_and_reads_without_it(tiny_pipelines):
 def test_every_rule_has_its_fix():
     from planner.rules import RULES
 
-    assert sorted(sizes.RULES) == sorted(rule for rule in RULES if rule.startswith("PLN4"))
-    assert all(what and fix for what, fix in sizes.RULES.values())
+    folder = [rule for rule in RULES.values() if rule.id.startswith("PLN4")]
+    assert folder and all(rule.title and rule.fix for rule in folder)
 
 
 # --- a plan against a model folder (planner validate --model) ---------------------------------------------------
@@ -633,22 +639,22 @@ def sd_folder(root: Path) -> Path:
 
 
 def test_a_plan_that_fits_the_folder_has_no_problem(tmp_path):
-    model = sizes.read(sd_folder(tmp_path / "p"))[0]
+    model = reader.read(sd_folder(tmp_path / "p"))[0]
     plan = plan_at(tmp_path / "a.yaml", "version: 1\npipeline: {class: StableDiffusionPipeline}\ndevice: cuda\n"
                    "components: [text_encoder, unet, vae]\nexclude: [safety_checker, image_encoder]\n")
     # safety_checker is [null, null] and image_encoder not in model_index.json: None once loaded, skipped
-    assert sizes.check_plan(plan, model) == []
+    assert folder_check.check_plan(plan, model) == []
     # a class diffusers loads from this folder (the same components) is no mismatch
     img2img = plan_at(tmp_path / "b.yaml", "version: 1\npipeline: {class: StableDiffusionImg2ImgPipeline}\n"
                       "device: cuda\ncomponents: [text_encoder, unet, vae]\n")
-    assert sizes.check_plan(img2img, model) == []
+    assert folder_check.check_plan(img2img, model) == []
 
 
 def test_a_component_the_folder_lacks_or_holds_as_no_model_is_pln301_at_its_place(tmp_path):
-    model = sizes.read(sd_folder(tmp_path / "p"))[0]
+    model = reader.read(sd_folder(tmp_path / "p"))[0]
     plan = plan_at(tmp_path / "a.yaml", "version: 1\ndevice: cuda\ncomponents: [text_encoder, unett, vae]\n"
                    "exclude: [tokenizer, image_encoder]\n")
-    found = sizes.check_plan(plan, model)
+    found = folder_check.check_plan(plan, model)
     assert [(p.rule, p.line, p.column) for p in found] == [("PLN301", 3, 28), ("PLN301", 4, 11)]
     assert found[0].message == (f"the model folder {tmp_path / 'p'} has no component 'unett' (its models: vae, "
                                 "text_encoder, unet)")
@@ -659,10 +665,10 @@ def test_a_component_the_folder_lacks_or_holds_as_no_model_is_pln301_at_its_plac
 
 
 def test_a_class_the_folder_does_not_hold_is_pln304_at_pipeline_class(tmp_path):
-    model = sizes.read(sd_folder(tmp_path / "p"))[0]
+    model = reader.read(sd_folder(tmp_path / "p"))[0]
     plan = plan_at(tmp_path / "a.yaml", "version: 1\npipeline:\n  class: StableDiffusionXLPipeline\ndevice: cuda\n"
                    "components: [text_encoder, text_encoder_2, unet, vae]\nexclude: [tokenizer]\n")
-    found = sizes.check_plan(plan, model)
+    found = folder_check.check_plan(plan, model)
     assert [(p.rule, p.line, p.column) for p in found] == [("PLN304", 3, 3), ("PLN301", 5, 28)]
     assert "only StableDiffusionXLPipeline takes text_encoder_2, tokenizer_2; only StableDiffusionPipeline takes " \
            "safety_checker" in found[0].message
@@ -677,8 +683,8 @@ def test_a_class_the_index_lacks_is_not_judged(tmp_path):
     (root / "model_index.json").write_text(json.dumps({**index, "_class_name": ["pipeline.py", "MyPipeline"]}))
     plan = plan_at(tmp_path / "a.yaml", "version: 1\npipeline: {class: StableDiffusionPipeline}\ndevice: cuda\n"
                    "components: [vae]\n")
-    model = sizes.read(root)[0]
-    assert model.class_name == "MyPipeline" and sizes.check_plan(plan, model) == []
+    model = reader.read(root)[0]
+    assert model.class_name == "MyPipeline" and folder_check.check_plan(plan, model) == []
 
 
 def test_check_plans_reads_once_per_variant_and_reports_the_folder_once(tmp_path):
@@ -690,35 +696,35 @@ def test_check_plans_reads_once_per_variant_and_reports_the_folder_once(tmp_path
                    "device: cuda\ncomponents: [text_encoder, unet, vae]\n")
     missing = plan_at(tmp_path / "c.yaml", "version: 1\npipeline:\n  variant: int8\ndevice: cuda\n"
                       "components: [unet]\n")
-    tables, problems = sizes.check_plans(root, [plain, half, plain, missing])
+    tables, problems = folder_check.check_plans(root, [plain, half, plain, missing])
     assert [(t.variant, t.torch_dtype) for t in tables] == [(None, None), ("fp16", "float16")]
     assert tables[1].components["unet"].bytes == 448 and tables[1].components["unet"].variant == "fp16"
-    assert tables[1].unread == ("vae",) and "not read (see the problems): vae" in sizes.render_text(tables[1])
+    assert tables[1].unread == ("vae",) and "not read (see the problems): vae" in folder_text.render_text(tables[1])
     assert [(p.path, p.rule, p.line) for p in problems] == [
         (str(root / "vae" / "diffusion_pytorch_model.safetensors"), "PLN405", 0),  # once, though read twice
         (str(tmp_path / "c.yaml"), "PLN407", 3)]
     assert problems[1].message == f"no component of the model folder {root} has files of the variant 'int8'"
     # no plan at all: the folder is still read and checked
-    tables, problems = sizes.check_plans(root, [])
+    tables, problems = folder_check.check_plans(root, [])
     assert len(tables) == 1 and [p.rule for p in problems] == ["PLN405"]
 
 
 def test_has_variant_is_the_test_from_pretrained_makes(tmp_path):
     root = small_pipeline(tmp_path / "p", vae=VAE)
-    assert not sizes.has_variant(root, "fp16")
+    assert not local.has_variant(root, "fp16")
     headers.write_file(root / "vae" / "diffusion_pytorch_model.fp16.safetensors", SMALL)
-    assert sizes.has_variant(root, "fp16") and sizes.has_variant(root, "fp") and not sizes.has_variant(root, "bf16")
+    assert local.has_variant(root, "fp16") and local.has_variant(root, "fp") and not local.has_variant(root, "bf16")
     (root / "elsewhere").mkdir()
     headers.write_file(root / "elsewhere" / "model.bf16.safetensors", SMALL)  # no component of model_index.json
-    assert not sizes.has_variant(root, "bf16")
+    assert not local.has_variant(root, "bf16")
     (root / "model_index.json").write_text("{")
-    assert sizes.has_variant(root, "bf16")  # unreadable: read() and diffusers say what is wrong
+    assert local.has_variant(root, "bf16")  # unreadable: read() and diffusers say what is wrong
 
 
 def test_an_empty_source_never_reads_the_working_folder(monkeypatch, tiny_pipelines):
     monkeypatch.chdir(tiny_pipelines["sd"])  # a pipeline folder: Path("") would read it
     for source in ("", "  "):
-        found, problems = sizes.read(source)
+        found, problems = reader.read(source)
         assert found is None and "names no folder" in only(problems, "PLN401").message
 
 
@@ -779,13 +785,13 @@ def test_transformers_without_a_dtype_loads_at_the_dtype_its_config_names(tmp_pa
     root = small_pipeline(tmp_path / "p", text_encoder=TEXT, vae=VAE)
     for name in ("text_encoder", "vae"):
         (root / name / "config.json").write_text(json.dumps({"_class_name": "x", "dtype": "float16"}))
-    found = sizes.read(root)[0].components
+    found = reader.read(root)[0].components
     assert found["text_encoder"].config_dtype == "float16" and found["vae"].config_dtype is None
     halved = 216 + 8 + 64 + 64 + 24  # floats at float16, the int64 tensor as it is
     assert (found["text_encoder"].bytes_at(None), found["vae"].bytes_at(None)) == (halved, 728)
     (root / "text_encoder" / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))  # transformers 4
-    assert sizes.read(root)[0].components["text_encoder"].load_dtype(None) == "bfloat16"
+    assert reader.read(root)[0].components["text_encoder"].load_dtype(None) == "bfloat16"
     (root / "text_encoder" / "config.json").write_text("{")  # unreadable: as stored
-    assert sizes.read(root)[0].components["text_encoder"].bytes_at(None) == SMALL_BYTES
+    assert reader.read(root)[0].components["text_encoder"].bytes_at(None) == SMALL_BYTES
     monkeypatch.setattr(sizes, "_transformers_loads_auto", lambda: False)
-    assert sizes.read(root)[0].components["text_encoder"].bytes_at(None) == 728
+    assert reader.read(root)[0].components["text_encoder"].bytes_at(None) == 728
