@@ -35,8 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _progress import progress  # noqa: E402
 from transfers import Goal, published_sizes  # noqa: E402
 
-from planner import blocks, load_plan, schedule, simulate  # noqa: E402
-from planner.blocks import REST, BlockSchedule, BlocksTooSmall, Model, Timing  # noqa: E402
+from planner import load_plan  # noqa: E402
+from planner.blocknames import REST  # noqa: E402
+from planner.budget import blocks, peers, timing  # noqa: E402
+from planner.budget import components as schedule  # noqa: E402
+from planner.budget import solve as solve_mod  # noqa: E402
+from planner.budget.blocks import BlockSchedule, BlocksTooSmall, Model  # noqa: E402
+from planner.budget.timing import Timing  # noqa: E402
+from planner.simulate import components as simulate  # noqa: E402
 from planner.units import human  # noqa: E402
 
 SIZES_JSON = Path(__file__).resolve().parent / "published_sizes.json"
@@ -57,11 +63,11 @@ class Settings:
     """The time model's inputs (bytes per second, seconds per block, whether moved blocks are pinned) and the
     solver's time limit (seconds)."""
 
-    pinned_bandwidth: float = blocks.PINNED_BANDWIDTH
-    pageable_bandwidth: float = blocks.PAGEABLE_BANDWIDTH
+    pinned_bandwidth: float = timing.PINNED_BANDWIDTH
+    pageable_bandwidth: float = timing.PAGEABLE_BANDWIDTH
     block_seconds: float = 0.0
     pin: bool = True
-    time_limit: float = blocks.TIME_LIMIT
+    time_limit: float = solve_mod.TIME_LIMIT
 
     def to_json(self) -> dict:
         return {"pinned_bandwidth_gb_s": self.pinned_bandwidth / GB, "pageable_bandwidth_gb_s":
@@ -141,7 +147,7 @@ def pinned_keys(found: BlockSchedule, settings: Settings) -> frozenset[tuple[str
 
 
 def time_of(found: BlockSchedule, settings: Settings) -> Timing:
-    return blocks.timing(found, pinned=pinned_keys(found, settings), pinned_bandwidth=settings.pinned_bandwidth,
+    return timing.timing(found, pinned=pinned_keys(found, settings), pinned_bandwidth=settings.pinned_bandwidth,
                          pageable_bandwidth=settings.pageable_bandwidth, block_seconds=settings.block_seconds)
 
 
@@ -151,19 +157,19 @@ def build_row(label: str, model: Model, chain: Chain, settings: Settings = Setti
     start = time.perf_counter()
     ours = too_small = ours_time = replayed = None
     try:
-        ours = blocks.solve(model, time_limit=settings.time_limit)
+        ours = solve_mod.solve(model, time_limit=settings.time_limit)
     except BlocksTooSmall as exc:
         too_small = exc
     try:
-        whole = blocks.solve(blocks.whole_components(model), time_limit=settings.time_limit)
+        whole = solve_mod.solve(blocks.whole_components(model), time_limit=settings.time_limit)
     except BlocksTooSmall:
         whole = None
     if ours is not None:
         ours_time = time_of(ours, settings)
         moved, peak = blocks.replay(ours)
         replayed = (tuple(moved), peak)
-    group = blocks.group_offloading(model)
-    return Row(label, model.budget, model.steps, chain, ours, too_small, whole, group, blocks.mmgp(model),
+    group = peers.group_offloading(model)
+    return Row(label, model.budget, model.steps, chain, ours, too_small, whole, group, peers.mmgp(model),
                ours_time, time_of(group, settings), replayed, time.perf_counter() - start)
 
 
@@ -368,14 +374,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--budgets", type=_budgets, default=[b * GIB for b in BUDGETS_GIB], metavar="GIB,...",
                         help=f"budgets in GiB (default: {','.join(map(str, BUDGETS_GIB))})")
     parser.add_argument("--bandwidth", type=_pair, metavar="PINNED,PAGEABLE",
-                        default=(blocks.PINNED_BANDWIDTH, blocks.PAGEABLE_BANDWIDTH),
+                        default=(timing.PINNED_BANDWIDTH, timing.PAGEABLE_BANDWIDTH),
                         help=f"host-to-device GB/s from pinned and from pageable memory (default: "
-                             f"{blocks.PINNED_BANDWIDTH / GB:g},{blocks.PAGEABLE_BANDWIDTH / GB:g})")
+                             f"{timing.PINNED_BANDWIDTH / GB:g},{timing.PAGEABLE_BANDWIDTH / GB:g})")
     parser.add_argument("--block-ms", type=_non_negative, default=0.0, metavar="MS",
                         help="compute time per block in milliseconds (default: 0: nothing hides a copy)")
     parser.add_argument("--pin", choices=("true", "false"), default="true",
                         help="copy the blocks that move from pinned memory (default) or pageable memory")
-    parser.add_argument("--time-limit", type=_positive, default=blocks.TIME_LIMIT, metavar="S",
+    parser.add_argument("--time-limit", type=_positive, default=solve_mod.TIME_LIMIT, metavar="S",
                         help="seconds the solver may spend per schedule (default: %(default)g)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure of every row")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Block residency on a GPU: time per image and peak GPU memory of an SDXL-sized and a Flux-sized pipeline (their
 published configs, random weights: no download) with no offload, with diffusers' group offloading on CUDA streams,
 and with our plan (`policy: budget`, `granularity: block`) at a budget below the model's size, in one run per
-model; beside each, the time model's prediction (`planner.blocks.timing`) from the bandwidth and compute time
+model; beside each, the time model's prediction (`planner.timing.timing`) from the bandwidth and compute time
 measured in the same run.
 
     python benchmarks/blocks_gpu.py [--models sdxl flux] [--images 2] [--steps 20] [--size 1024]
@@ -23,7 +23,7 @@ Each configuration makes one warm-up image, then `--images` timed ones (the medi
 (out of memory, an executor error) is reported as failed and the run goes on.
 
 The time model gets the blocks' bytes from the pipeline's own modules as the executor groups them
-(`planner.executor.blockwise.partition`), the schedule `planner.blocks.solve` makes for the plan, the measured
+(`planner.executor.blockwise.partition`), the schedule `planner.solve_mod.solve` makes for the plan, the measured
 bandwidths (moved blocks pinned) and the measured per-block time, applied to every block alike (`timing` takes
 one figure: encoder layers are far cheaper than denoiser blocks, so the model's compute over-counts the encoders).
 It prints two predictions: the model's own (compute + exposed transfer) and the measured no-offload time plus the
@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _progress import progress  # noqa: E402
 from budget_gpu import time_images  # noqa: E402
 
-from planner import blocks  # noqa: E402
+from planner.budget import blocks, peers, timing  # noqa: E402
+from planner.budget import solve as solve_mod  # noqa: E402
 from planner.units import parse_size  # noqa: E402
 
 GIB = 1 << 30
@@ -333,13 +334,13 @@ def predictions(plan, sizes: dict, budget: int, steps: int, measured_bandwidth: 
     model = blocks.model_for(plan, sizes, budget, steps=steps)
     found = {}
     try:
-        schedules = {"ours": blocks.solve(model), "group offloading": blocks.group_offloading(model)}
+        schedules = {"ours": solve_mod.solve(model), "group offloading": peers.group_offloading(model)}
     except blocks.BlockError as exc:
-        schedules = {"group offloading": blocks.group_offloading(model)}
+        schedules = {"group offloading": peers.group_offloading(model)}
         found["ours"] = {"failed": str(exc)}
     for name, schedule in schedules.items():
         moved = frozenset(k for k in schedule.model.keys if schedule.loads(k) > 0)
-        timed = blocks.timing(schedule, pinned=moved, pinned_bandwidth=measured_bandwidth["pinned"],
+        timed = timing.timing(schedule, pinned=moved, pinned_bandwidth=measured_bandwidth["pinned"],
                               pageable_bandwidth=measured_bandwidth["pageable"], block_seconds=block_seconds or 0.0)
         found[name] = {"h2d_bytes": schedule.h2d_bytes, "peak_bytes": schedule.peak_bytes, **timed.to_json(),
                        "model_seconds": timed.compute + timed.exposed,

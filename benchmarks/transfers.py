@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _progress import progress  # noqa: E402
 
-from planner import load_plan, simulate  # noqa: E402
+from planner import load_plan  # noqa: E402
+from planner.simulate import components as simulate  # noqa: E402
 from planner.units import human  # noqa: E402
 
 SIZES_JSON = Path(__file__).resolve().parent / "published_sizes.json"
@@ -42,7 +43,7 @@ MODELS = (("SD 1.5", "stable-diffusion-1.5"), ("SDXL", "sdxl-base"), ("SD3 mediu
 BUDGETS_GIB = (6, 8, 12, 16, 24, 48)
 CALLS = 4
 REFERENCE = ("SDXL", 8 * GIB, 0.25)  # (model, budget, most of the chain's bytes ours may move)
-OTHERS = ("chain", *simulate.schedule.PEERS)  # every policy compared with ours
+OTHERS = ("chain", *simulate.peers.PEERS)  # every policy compared with ours
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--format", default="text", choices=["text", "json"])
     simulate.add_argument("--plot", metavar="IMAGE", help="draw the residency timeline (chain and budget) here; "
                           "needs the plot extra (matplotlib); granularity component only")
-    blockwise = simulate.add_argument_group("granularity block", "block-granular residency (planner.blocks): "
+    blockwise = simulate.add_argument_group("granularity block", "block-granular residency (planner.budget.blocks): "
                                             "sizes per block from --model or the plan's source; one steady call")
     blockwise.add_argument("--granularity", choices=["component", "block"],
                            help="what the budget policy moves (default: the plan's granularity)")
@@ -300,8 +300,8 @@ def _size(text: str) -> int:
 
 
 def _sizes(text: str) -> dict:
-    """An argparse type: `--sizes NAME=SIZE,...` (`planner.simulate.parse_sizes`)."""
-    from planner.simulate import parse_sizes
+    """An argparse type: `--sizes NAME=SIZE,...` (`planner.simulate.components.parse_sizes`)."""
+    from planner.simulate.components import parse_sizes
 
     try:
         return parse_sizes(text)
@@ -544,7 +544,7 @@ def _tiny(args, parser) -> int:
 
 
 def _simulate(args, parser) -> int:
-    from planner import simulate
+    from planner.simulate import components as simulate
 
     given = _merged_sizes(args.sizes, parser) if args.sizes else None
     try:
@@ -581,7 +581,9 @@ def _simulate(args, parser) -> int:
     if args.plot is not None:
         try:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-            simulate.plot(result, args.plot)
+            from planner.simulate import plot
+
+            plot.plot(result, args.plot)
         except OSError as exc:
             sys.stderr.write(f"planner simulate: error: {exc}\n")
             return 1
@@ -600,7 +602,7 @@ def _simulated(plan, args):
 
 def _simulate_blocks(args, parser, plan) -> int:
     """`planner simulate` at granularity block: per-block sizes from a folder, one steady call per policy."""
-    from planner import blocksim
+    from planner.simulate import blocks as blocksim
 
     if args.sizes:
         _usage(parser, "simulate", "granularity block needs each component's blocks, which --sizes cannot give: "
@@ -609,9 +611,9 @@ def _simulate_blocks(args, parser, plan) -> int:
         _usage(parser, "simulate", "--plot draws whole components: leave it out at granularity block, or pass "
                "--granularity component")
     if args.budget is None and plan.budget is None:
-        from planner import simulate
+        from planner.simulate import components
 
-        _usage(parser, "simulate", simulate.no_budget(plan))
+        _usage(parser, "simulate", components.no_budget(plan))
     try:
         table, _ = _folder_table(args, plan, parser)
         dtype = plan.torch_dtype or table.torch_dtype
@@ -644,7 +646,7 @@ def _write_simulation(args, result, render) -> None:
 def _plot_usable(parser, path: str) -> None:
     """Exit 2 when --plot cannot be drawn: no matplotlib (the plot extra), a path that cannot be written, an
     extension matplotlib writes no format for."""
-    from planner import simulate
+    from planner.simulate import plot as simulate
 
     if not simulate.plot_available():
         _usage(parser, "simulate", f"--plot needs the plot extra (matplotlib not installed): {simulate.PLOT_EXTRA}")

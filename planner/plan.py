@@ -62,15 +62,15 @@ class Plan:
     sequence: tuple[str, ...]
     exclude: frozenset[str]
     edges: tuple[tuple[str, str], ...]
-    policy: str = "chain"  # "chain" (diffusers' own offload, exactly) or "budget" (planner.schedule's residency)
+    policy: str = "chain"  # "chain" (diffusers' own offload, exactly) or "budget" (planner.budget's residency)
     budget: int | None = None  # bytes of weights that may be resident on the device at once (policy budget)
     reserve: int | None = None  # bytes kept free for activations when the budget comes from the free memory
     keep_host_copy: bool = True  # keep unchanged weights on the host too: an eviction moves nothing back
     uses: tuple[str, ...] | None = None  # the components in the order one pipeline call uses them, when not `sequence`
-    granularity: str = "component"  # what the budget policy moves: "component" or "block" (planner.blocks)
+    granularity: str = "component"  # what the budget policy moves: "component" or "block" (planner.budget.blocks)
     steps: int | None = None  # denoising steps per call, for the block schedule (None: 1, or the caller's)
     prefetch: bool = True  # block granularity: copy the next streamed block while the current one computes
-    pin: str = "auto"  # pin the host copies of streamed blocks: "auto", "true" or "false" (planner.host)
+    pin: str = "auto"  # pin the host copies of streamed blocks: "auto", "true" or "false" (planner.budget.host)
     own_hook: frozenset[str] = frozenset()
     pipes: Mapping[str, str] = field(default_factory=dict)  # component -> its connected pipeline (combined classes)
     pipeline_class: str | None = None

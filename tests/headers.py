@@ -3,7 +3,7 @@
 Each file gets the header safetensors would write (names, dtypes and shapes of the real model, taken from its class
 built on the meta device from the published config) and is then extended with `os.truncate` to the length the
 header declares: the rest is a hole, so a "24 GB transformer" costs a few hundred kB of disk. `HubServer` serves
-such folders over HTTP the way the hub does, for `HF_ENDPOINT`. torch is imported here, never by planner.sizes.
+such folders over HTTP the way the hub does, for `HF_ENDPOINT`. torch is imported here, never by planner.folder.
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from planner import blocks
-from planner.blocks import REST, BlockSchedule, BlocksTooSmall, Model, forwards, replay, runs, solve
+from planner.blocknames import REST
+from planner.budget import blocks, peers, timing
+from planner.budget import solve as solve_mod
+from planner.budget.blocks import BlockSchedule, BlocksTooSmall, Model, forwards, replay, runs
+from planner.budget.solve import solve
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -167,7 +170,7 @@ def test_a_budget_that_holds_everything_moves_nothing_after_the_first_call():
 def test_group_offloading_streams_every_block_every_forward():
     sizes = {"text_encoder": {REST: 3, "layers.0": 10}, "unet": {REST: 5, "down_blocks.0": 4, "up_blocks.0": 6}}
     model = Model(("text_encoder", "unet"), sizes, 40, 5)
-    found = blocks.group_offloading(model)
+    found = peers.group_offloading(model)
     assert found.h2d_bytes == 13 + 5 * 15
     assert found.peak_bytes == max(3 + 2 * 10, 5 + 2 * 6)  # REST held, two blocks in flight
     assert solve(model).h2d_bytes <= found.h2d_bytes
@@ -177,10 +180,10 @@ def test_mmgp_keeps_evenly_spread_denoiser_blocks_over_the_steps_and_reloads_eve
     sizes = {"text_encoder": {REST: 1, "layers.0": 2},
              "transformer": {REST: 1, **{f"blocks.{i}": 10 for i in range(8)}}}
     model = Model(("text_encoder", "transformer"), sizes, 1 + 40 + 20 + 2, 4)
-    found = blocks.mmgp(model)
+    found = peers.mmgp(model)
     flat = found.model
     kept = [key[1] for key in flat.keys if key[0] == "transformer" and key[1] != REST and all(found.held[key])]
-    assert [int(k.split(".")[1]) for k in kept] == sorted(blocks._spread(8, 4)) and not found.over_budget
+    assert [int(k.split(".")[1]) for k in kept] == sorted(peers._spread(8, 4)) and not found.over_budget
     # kept between the steps, dropped when the call moves on: every model is loaded again each call
     assert all(found.keep[("transformer", b)][:-1] and not found.keep[("transformer", b)][-1] for b in kept)
     assert found.loads(("transformer", kept[0])) == 1 and found.loads(("text_encoder", REST)) == 1
@@ -195,15 +198,15 @@ def test_the_time_model():
                              {("unet", b): (False,) for b in sizes["unet"]},
                              {("unet", b): (b == REST,) for b in sizes["unet"]})
     # pageable 12 GB/s: one second per block; with no compute nothing is hidden
-    none = blocks.timing(streamed)
+    none = timing.timing(streamed)
     assert none.transfer == pytest.approx(3.0) and none.exposed == pytest.approx(3.0) and none.hidden == 0
     # one second of compute per block: the second and third copies run beside the compute before them
-    overlapped = blocks.timing(streamed, block_seconds=1.0)
+    overlapped = timing.timing(streamed, block_seconds=1.0)
     assert overlapped.compute == pytest.approx(3.0) and overlapped.exposed == pytest.approx(1.0)
-    serial = blocks.timing(BlockSchedule(Model(("unet",), sizes, 10 ** 12, 1, prefetch=False), streamed.keep,
+    serial = timing.timing(BlockSchedule(Model(("unet",), sizes, 10 ** 12, 1, prefetch=False), streamed.keep,
                                          streamed.held), block_seconds=1.0)
     assert serial.exposed == pytest.approx(3.0)
-    pinned = blocks.timing(streamed, pinned=frozenset(streamed.model.keys))
+    pinned = timing.timing(streamed, pinned=frozenset(streamed.model.keys))
     assert pinned.transfer == pytest.approx(1.5)
 
 
@@ -220,7 +223,7 @@ def test_sdxl_at_6_gib_30_steps_moves_under_a_tenth_of_the_chain():
 
 
 def test_the_solver_prints_nothing_on_standard_output():
-    code = ("import json; from planner.blocks import Model, solve, REST\n"
+    code = ("import json; from planner.budget.blocks import Model, REST; from planner.budget.solve import solve\n"
             "m = Model(('a', 'unet'), {'a': {REST: 1, 'l.0': 5, 'l.1': 5}, 'unet': {REST: 1, 'b.0': 7}}, 14, 30)\n"
             "print(json.dumps(solve(m).h2d_bytes))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
@@ -228,7 +231,7 @@ def test_the_solver_prints_nothing_on_standard_output():
 
 
 def test_the_block_model_imports_scipy_only_to_solve():
-    code = ("import sys; from planner import blocks, blocksim; "
+    code = ("import sys; from planner.budget import blocks; from planner.simulate import blocks as blocksim; "
             "m = blocks.Model(('unet',), {'unet': {'rest': 1, 'b.0': 2}}, 10, 3); m.least_budget(); m.passes; "
             "print('scipy' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
@@ -245,14 +248,14 @@ def test_counting_interchangeable_blocks_finds_the_same_optimum_as_naming_them(c
     least, total = model.least_budget()[0], sum(sum(b.values()) for b in sizes.values())
     model = Model(model.uses, sizes, data.draw(st.integers(least, total)), steps, prefetch=prefetch)
     grouped = solve(model)
-    named = blocks._Program(model, group=False).solve(blocks.TIME_LIMIT)
+    named = solve_mod._Program(model, group=False).solve(solve_mod.TIME_LIMIT)
     assert grouped.exact and named.exact
     assert grouped.h2d_bytes == named.h2d_bytes and not grouped.over_budget and not grouped.problems()
     assert replay(grouped)[1] <= model.budget
 
 
 def test_the_blocks_a_class_keeps_are_spread_evenly_over_it():
-    found = blocks._Class([("t", f"blocks.{i}") for i in range(8)], 1, (0,))
+    found = solve_mod._Class([("t", f"blocks.{i}") for i in range(8)], 1, (0,))
     assert [key[1] for key in found.order()][:4] == ["blocks.0", "blocks.4", "blocks.2", "blocks.6"]
 
 

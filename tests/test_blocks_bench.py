@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import blocks as bench  # noqa: E402
 
-from planner import blocks, load_plan  # noqa: E402
-from planner.blocks import REST, Model  # noqa: E402
+from planner import load_plan  # noqa: E402
+from planner.blocknames import REST  # noqa: E402
+from planner.budget import blocks, timing  # noqa: E402
+from planner.budget.blocks import Model  # noqa: E402
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -179,8 +181,8 @@ def test_no_row_that_fits_fails_the_goals_over_rows():
 # -- arguments and main --------------------------------------------------------------------------------------------
 def test_the_arguments_default_to_the_time_model_s_constants():
     args, settings = bench.parse([])
-    assert (settings.pinned_bandwidth, settings.pageable_bandwidth) == (blocks.PINNED_BANDWIDTH,
-                                                                        blocks.PAGEABLE_BANDWIDTH)
+    assert (settings.pinned_bandwidth, settings.pageable_bandwidth) == (timing.PINNED_BANDWIDTH,
+                                                                        timing.PAGEABLE_BANDWIDTH)
     assert settings.block_seconds == 0 and settings.pin and args.budgets == [b * GIB for b in bench.BUDGETS_GIB]
     _, settings = bench.parse(["--bandwidth", "20,10", "--block-ms", "2.5", "--pin", "false"])
     assert (settings.pinned_bandwidth, settings.pageable_bandwidth, settings.block_seconds) == (20e9, 10e9, 0.0025)
@@ -211,5 +213,5 @@ def test_main_prints_the_table_exits_1_on_a_failed_goal_and_writes_json(monkeypa
     assert fitted["replay"]["h2d_bytes_per_call"][-1] == fitted["ours"]["h2d_bytes"]
     assert fitted["ratios"]["ours_over_chain"] == fitted["ours"]["h2d_bytes"] / TINY_CHAIN.h2d_bytes
     assert fitted["chain_peak_bytes"] == TINY_CHAIN.peak_bytes
-    assert data["settings"]["pinned_bandwidth_gb_s"] == blocks.PINNED_BANDWIDTH / 1e9
+    assert data["settings"]["pinned_bandwidth_gb_s"] == timing.PINNED_BANDWIDTH / 1e9
     assert [g["passed"] for g in data["goals"]][:2] == [False, False]

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from planner import blocks, blocksim, load_plan
+from planner import load_plan
+from planner.budget import blocks
 from planner.cli import main
 from planner.folder import reader
 from planner.plan import PlanError
+from planner.simulate import blocks as blocksim
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1 << 30

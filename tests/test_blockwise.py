@@ -1,6 +1,6 @@
 """The budget policy at granularity block (planner.executor.blockwise) on real tiny pipelines, dry run: per call the
-trace moves exactly the bytes of the block schedule (`planner.blocks`), block by block; what is on the device never
-passes the budget (the trace, and a probe that looks at the tensors themselves); images equal a run without the
+trace moves exactly the bytes of the block schedule (`planner.budget.blocks`), block by block; what is on the device
+never passes the budget (the trace, and a probe that looks at the tensors themselves); images equal a run without the
 plan; reality other than the script (more or fewer steps, a component outside the plan) keeps the budget and is
 labelled; a budget or a pin request that cannot be met changes nothing; `remove()` restores exactly."""
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import planner
-from planner import blocks, host
 from planner.blocknames import REST, block_of
+from planner.budget import blocks, host
 from planner.plan import PlanError
 
 diffusers = pytest.importorskip("diffusers")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import planner
-from planner import schedule as schedules
 from planner import tiny
+from planner.budget import components as schedules
 from planner.plan import PlanError
 from planner.units import human
 
@@ -552,8 +552,8 @@ def test_on_gpu_fuse_lora_on_the_device_is_copied_back(tiny_pipelines, tmp_path)
 
 # -- pinned host copies within the host's spare memory ----------------------------------------------------------
 def spare_host(monkeypatch, spare: int) -> None:
-    """This host can spare `spare` bytes (its memory as planner.host reads it, faked)."""
-    from planner import host
+    """This host can spare `spare` bytes (its memory as planner.budget.host reads it, faked)."""
+    from planner.budget import host
 
     fake = host.HostMemory(total=8 << 30, available=spare + host.MARGIN, limit=None, usage=None)  # margin: 1 GiB
     assert fake.spare == spare

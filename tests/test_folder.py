@@ -1,4 +1,4 @@
-"""planner.sizes: model folders read from their safetensors headers alone, exact to the byte, and every damaged
+"""planner.folder: model folders read from their safetensors headers alone, exact to the byte, and every damaged
 folder a located PLN4xx problem instead of an exception."""
 
 import json

@@ -117,7 +117,7 @@ def test_blocks_sum_to_their_component_at_the_plans_dtype(fresh):
 @pytest.mark.parametrize(("stem", "variant", "stored"), [("sdxl-base", "fp16", "float16"),
                                                          ("flux.1-dev", None, "bfloat16")])
 def test_sizes_agree_with_planner_inspect_on_a_real_sized_folder(tmp_path, stem, variant, stored):
-    """Sparse files whose headers hold the built tensors, read by planner.sizes like a downloaded repo: the same
+    """Sparse files whose headers hold the built tensors, read by planner.folder like a downloaded repo: the same
     bytes and the same blocks, so the table and `planner inspect` cannot disagree."""
     models = published.PLANS[stem].components
     index = {name: (published.MODELS[key].library, published.MODELS[key].cls) for name, key in models.items()}

@@ -415,7 +415,7 @@ def test_problems_of_a_rule_take_its_fix_and_severity():
 
 
 def test_model_folder_rules_are_the_rule_lists():
-    """planner.sizes words its PLN4xx problems; their title and fix are the rule list's (one place for each)."""
+    """planner.folder words its PLN4xx problems; their title and fix are the rule list's (one place for each)."""
     from planner.folder import sizes
 
     for rule_id, entry in getattr(sizes, "RULES", {}).items():

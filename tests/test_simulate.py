@@ -14,9 +14,12 @@ import headers
 import pytest
 from conftest import DATA, ROOT
 
-from planner import load_plan, schedule, simulate
+from planner import load_plan
+from planner.budget import peers
 from planner.cli import main
-from planner.simulate import BUDGET, POLICIES, SimulationError, inputs, parse_sizes, run
+from planner.simulate import components as simulate
+from planner.simulate import plot
+from planner.simulate.components import BUDGET, POLICIES, SimulationError, inputs, parse_sizes, run
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import transfers  # noqa: E402
@@ -29,7 +32,7 @@ SDXL = {"text_encoder": 246120960, "text_encoder_2": 1389319680, "unet": 5134927
 SDXL_FLAG = ",".join(f"{name}={'none' if size is None else size}" for name, size in SDXL.items())
 IMG2IMG = DATA / "good" / "budget-policy.yaml"  # policy budget, budget 8GiB, uses [te, vae, unet, vae, sc]
 IMG2IMG_SIZES = {"text_encoder": 300 * MIB, "unet": 3 * GIB, "vae": 200 * MIB, "safety_checker": 600 * MIB}
-HAS_MATPLOTLIB = simulate.plot_available()
+HAS_MATPLOTLIB = plot.plot_available()
 
 
 def run_cli(capsys, *argv):
@@ -337,7 +340,7 @@ def test_a_plot_path_that_cannot_be_written_is_a_usage_error(capsys, tmp_path, n
 
 
 def test_plot_without_matplotlib_names_the_extra(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(simulate, "plot_available", lambda: False)
+    monkeypatch.setattr(plot, "plot_available", lambda: False)
     with pytest.raises(SystemExit) as caught:
         main(["simulate", str(SDXL_PLAN), "--sizes", SDXL_FLAG, "--budget", "8GiB", "--plot", str(tmp_path / "t.png")])
     err = capsys.readouterr().err
@@ -398,4 +401,4 @@ def test_transfers_main_prints_the_table_and_the_goals(capsys):
 
 
 def test_schedule_peers_are_all_in_the_outputs():
-    assert set(schedule.PEERS) <= set(POLICIES) and set(schedule.PEERS) <= set(simulate.DESCRIPTIONS)
+    assert set(peers.PEERS) <= set(POLICIES) and set(peers.PEERS) <= set(simulate.DESCRIPTIONS)

@@ -10,8 +10,8 @@ plan's policy, and lives in one installer per policy:
 - `chain` (planner.executor.chain): diffusers' own `enable_model_cpu_offload`, run under the plan's shadows, so the
   hooks are exactly diffusers' for that sequence;
 - `budget` (planner.executor.budget): our own hooks, which keep what fits within the budget on the device and
-  follow the schedule of `planner.schedule.optimal`; with `granularity: block` (planner.executor.blockwise), block
-  by block, following `planner.blocks.solve`.
+  follow the schedule of `planner.budget.components.optimal`; with `granularity: block`
+  (planner.executor.blockwise), block by block, following `planner.budget.solve.solve`.
 
 What the handle holds and what holds it, so that dropping the pipeline and the handle frees both: the pipeline
 holds the handle (its shadows are the handle's bound methods), the handle holds the pipeline; the registry of
@@ -91,10 +91,10 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
     and leaves `pipe` untouched, and a failure part-way rolls back to the state before the call. With
     `dry_run=True` the same hooks run with the CPU as execution device, and the trace records what the plan's
     device would have received. A plan already applied to `pipe` is replaced. `calls` (budget policy) is how many
-    pipeline calls the schedule is planned for: the first `calls` calls follow `planner.schedule.optimal` for
+    pipeline calls the schedule is planned for: the first `calls` calls follow `planner.budget.components.optimal` for
     exactly that many calls (what `planner simulate --calls` prints); later calls, or all of them when it is
     None, follow a schedule planned for `budget.HORIZON` calls and then its steady cycle. At `granularity: block`
-    the schedule is the steady cycle of `planner.blocks.solve` and `calls` is not used. `at(key, rule, message,
+    the schedule is the steady cycle of `planner.budget.solve.solve` and `calls` is not used. `at(key, rule, message,
     fix)` locates the budget policy's problems (default `plan.problem`; `planner apply` points at its flags).
     """
     compat.require()
@@ -154,7 +154,7 @@ class AppliedPlan:
 
     `active` is True only "in force": a handle never reports itself active while its hooks are not in place.
     `policy` is the plan's; `budget` the bytes the budget policy keeps within (None for the chain) and `budgets`
-    the same per device; `schedule` the `planner.schedule.Schedule` it follows (None for the chain).
+    the same per device; `schedule` the `planner.budget.components.Schedule` it follows (None for the chain).
     """
 
     def __init__(self, pipe, plan: Plan, target: torch.device, dry_run: bool, budget: int | None = None,

@@ -1,6 +1,6 @@
 """The budget policy at `granularity: block`: some blocks of a component stay on the device, the others stream.
 
-`planner.blocks` decides (`model_for`, `solve`, `forwards`: what each forward of a call holds, streams and drops);
+`planner.budget` decides (`model_for`, `solve`, `forwards`: what each forward of a call holds, streams and drops);
 this module carries it out on a pipeline. A component's blocks come from its module tree: each tensor goes to
 `planner.blocknames.block_of(its name)`, the naming of the safetensors reader, so the executor's blocks are the ones
 `planner simulate --granularity block` reads from a folder (bytes as `components.module_bytes` counts them, which
@@ -24,7 +24,7 @@ transfer the script did not plan is labelled (`Event.reason`). Exclusions stay o
 Weights move as `budget.Weights` moves them (their `.data` swapped, host copies kept with `keep_host_copy`). On a
 CUDA device, prefetch copies the next streamed block on a side stream from pinned memory (`SideStream`); anywhere
 else (a dry run, a CPU) the same copy is made synchronously at the same point (`Inline`), so the trace is the same.
-Host copies are pinned only for the blocks `planner.host.choose_pinned` picks within the host's spare memory.
+Host copies are pinned only for the blocks `planner.budget.host.choose_pinned` picks within the host's spare memory.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from typing import Callable, Mapping
 import torch
 from accelerate.hooks import ModelHook, add_hook_to_module
 
-from planner import blocks, host
 from planner.blocknames import REST, block_of, block_order
-from planner.blocks import BlockSchedule, Forward
+from planner.budget import blocks, host
+from planner.budget.blocks import BlockSchedule, Forward
+from planner.budget.solve import solve
 from planner.executor import compat
 from planner.executor.budget import (
     HOST,
@@ -178,7 +179,7 @@ def prepare(pipe, plan: Plan, budget: int, target: torch.device, dry_run: bool, 
     if problem is not None:
         raise PlanError([problem])
     try:
-        schedule = blocks.solve(model)
+        schedule = solve(model)
     except blocks.BlockError as error:
         raise PlanError([at("budget" if plan.budget is not None else "policy", PLN307, str(error),
                             "raise the budget")]) from None
@@ -438,7 +439,7 @@ class BlockResidency:
             self.solved_for = current
             model = blocks.model_for(self.plan, current, self.budget, granularity="block")
             try:
-                self._script(blocks.solve(model))
+                self._script(solve(model))
             except blocks.BlockError:  # grown past the budget: every forward streams, as the script has none
                 self._script(None)
 

@@ -7,7 +7,7 @@ offload hook only through `_hf_hook.pre_forward` (`apply_forward_hook`); a regis
 the dependency floors' diffusers has no registry at all. Each hook has a frozen config (`BudgetHookConfig`: its
 component and execution device) apart from its action, and is found by its class, never by a tag.
 
-Before each use the hook asks the `Residency`, which follows the schedule of `planner.schedule.optimal` for the
+Before each use the hook asks the `Residency`, which follows the schedule of `planner.budget.components.optimal` for the
 plan's call order (`plan.call_order`), the components' bytes as the trace counts them, and the budget: the
 schedule's evictions, then the load of the used component. Reality may differ (a component the schedule did not
 predict runs, the pipeline skips a use, `offload_all()` emptied the device): then the residency stays within the
@@ -35,8 +35,8 @@ import torch
 from accelerate.hooks import ModelHook, add_hook_to_module
 from accelerate.utils import send_to_device
 
-from planner import host
-from planner import schedule as schedules
+from planner.budget import components as schedules
+from planner.budget import host
 from planner.executor import compat, devices
 from planner.executor.chain import AFTER_OFFLOAD_ALL, OFFLOAD_ALL
 from planner.executor.components import connected_pipes, model_components, module_bytes
@@ -99,7 +99,7 @@ def budget_problems(pipe, plan: Plan, budget: int, at=None) -> list[Problem]:
 @dataclass(frozen=True)
 class HostUse:
     """The host's side of a budget plan: `held` bytes of host copies of what moves, `pinned` bytes of them pinned
-    (never above the host's spare memory, `planner.host`), `note` says what was pinned, or why nothing was."""
+    (never above the host's spare memory, `planner.budget.host`), `note` says what was pinned, or why nothing was."""
 
     held: int
     pinned: int

@@ -101,7 +101,7 @@ def _budget_problem(plan: Plan, model: ModelSizes) -> Problem | None:
 def _block_budget_problem(plan: Plan, model: ModelSizes, dtype: str | None) -> Problem | None:
     """PLN409 for `granularity: block`: a budget below the least any block schedule needs (`blocks.Model.
     least_budget`: the exclusions, and the worst pass's REST with its blocks held or in flight)."""
-    from planner import blocks  # the block model; its solver (scipy) is imported only when solving
+    from planner.budget import blocks  # the block model; its solver (scipy) is imported only when solving
 
     found = blocks.model_for(plan, {name: c.blocks(dtype) for name, c in model.components.items()}, plan.budget)
     needed, component = found.least_budget()

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner import host
-from planner.host import MARGIN, HostMemory, PinError, Pinning, choose_pinned, parse_pin, read_host_memory
+from planner.budget import host
+from planner.budget.host import MARGIN, HostMemory, PinError, Pinning, choose_pinned, parse_pin, read_host_memory
 
 GiB = 1 << 30
 MEMINFO = "MemTotal:       {total} kB\nMemFree:        1024 kB\nMemAvailable:   {available} kB\nCached: 8 kB\n"

@@ -1,6 +1,6 @@
 """Residency schedules: which components sit on the device before each use, and what that costs in transfers.
 
-Pure (no torch, no diffusers): the simulator behind `planner simulate` and the budget executor's plan. Every
+Pure (no torch, no diffusers): the component schedules behind `planner simulate` and the budget executor's plan. Every
 policy drives one `planner.trace.Trace`, so a schedule speaks the executor's trace format.
 
 The inputs every policy shares:
@@ -18,8 +18,8 @@ an eviction drops the device copy and moves nothing back; the peers' code moves 
 their evictions (and the chain's offloads) copy their bytes back.
 
 Policies: `chain` (diffusers' `enable_model_cpu_offload`), `optimal` (the fewest host-to-device bytes within the
-budget, exact by dynamic programming; Belady's rule beyond what is affordable), `belady`, and the peers' rules
-`components_manager`, `comfyui` and `comfyui_lru` (`PEERS`). `lower_bound` is the optimum, or a valid bound.
+budget, exact by dynamic programming; Belady's rule beyond what is affordable), `belady`; the peers' rules are in
+`planner.budget.peers`. `lower_bound` is the optimum, or a valid bound.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import combinations
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from planner.trace import EXCLUSION_ROUND_TRIP, Event, Trace
 
 DEVICE = "cuda:0"  # the device named in simulated events, as the executor names a plan's device
+
+
 # Steps of the exact search (resident sets visited, subsets tried) before it gives way to Belady's rule. 8
 # components over 4 calls of 8 uses take under 10,000; the bound keeps the search under about a third of a second.
 MAX_WORK = 200_000
@@ -50,7 +51,7 @@ class BudgetTooSmall(ScheduleError):
 
     def __init__(self, budget: int, needed: int, component: str | None, resident_bytes: int):
         self.budget, self.needed, self.component, self.resident_bytes = budget, needed, component, resident_bytes
-        from planner.folder.sizes import human  # only when the error is shown: keeps this module's import light
+        from planner.units import human  # only when the error is shown: keeps this module's import light
 
         what = f"component {component!r} needs {human(needed - resident_bytes)}" if component else "nothing more"
         kept = f" beside {human(resident_bytes)} kept resident" if resident_bytes else ""
@@ -126,9 +127,8 @@ class Bound:
     note: str = ""
 
 
-# -- the inputs, checked once ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Problem:
+class Problem:
     uses: tuple[str, ...]
     sizes: Mapping[str, int]
     calls: int
@@ -163,7 +163,7 @@ class _Problem:
 
 
 def _problem(uses: Sequence[str], sizes: Mapping[str, int], calls: int, budget: int | None,
-             resident: Iterable[str], device: str) -> _Problem:
+             resident: Iterable[str], device: str) -> Problem:
     """The checked inputs; raises `ScheduleError` for inputs no schedule can be made from."""
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
         raise ScheduleError(f"calls must be a whole number of at least 1, not {calls!r}")
@@ -177,10 +177,10 @@ def _problem(uses: Sequence[str], sizes: Mapping[str, int], calls: int, budget: 
         raise ScheduleError(f"{', '.join(map(repr, unknown))} in uses {'has' if len(unknown) == 1 else 'have'} no "
                             f"size: the sizes know {', '.join(sizes) or 'no component'}")
     fixed = tuple(sorted({name for name in resident if name in sizes}))
-    return _Problem(tuple(uses), dict(sizes), calls, budget, fixed, device)
+    return Problem(tuple(uses), dict(sizes), calls, budget, fixed, device)
 
 
-def _budgeted(uses, sizes, calls, budget, resident, device) -> _Problem:
+def budgeted(uses, sizes, calls, budget, resident, device) -> Problem:
     """`_problem` for a policy that keeps within `budget`; raises `BudgetTooSmall` when no policy can (the budget
     cannot hold the largest used component beside the resident ones)."""
     problem = _problem(uses, sizes, calls, budget, resident, device)
@@ -197,7 +197,6 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-# -- running a policy -------------------------------------------------------------------------------------------
 class _Rule(Protocol):
     """A budget policy's decision before one use: which offloaded components to evict. The runner loads the use
     afterwards when it is not resident. `resident` holds the offloaded components on the device now."""
@@ -205,7 +204,7 @@ class _Rule(Protocol):
     def evict(self, position: int, name: str, resident: frozenset[str]) -> tuple[str, ...]: ...
 
 
-def _run(policy: str, problem: _Problem, rule: _Rule, copies_back: bool, exact: bool = True,
+def run_rule(policy: str, problem: Problem, rule: _Rule, copies_back: bool, exact: bool = True,
          note: str = "") -> Schedule:
     """Drive a trace through every use of every call by `rule`; the fixed components go first, for good."""
     trace = problem.trace()
@@ -226,7 +225,7 @@ def _run(policy: str, problem: _Problem, rule: _Rule, copies_back: bool, exact: 
     return _schedule(policy, problem, trace, steps, copies_back, exact, note)
 
 
-def _step(problem: _Problem, trace: Trace, call: int, index: int, name: str, before: int) -> Step:
+def _step(problem: Problem, trace: Trace, call: int, index: int, name: str, before: int) -> Step:
     """The step of the use just made ready: the trace's events since `before` and what is resident now."""
     moved = trace.events[before:]
     resident = tuple(n for n in problem.sizes if n in trace.resident)
@@ -234,7 +233,7 @@ def _step(problem: _Problem, trace: Trace, call: int, index: int, name: str, bef
                 tuple(e.component for e in moved if e.event == "load"), resident, problem.weight(resident))
 
 
-def _schedule(policy: str, problem: _Problem, trace: Trace, steps: list[Step], copies_back: bool, exact: bool,
+def _schedule(policy: str, problem: Problem, trace: Trace, steps: list[Step], copies_back: bool, exact: bool,
               note: str) -> Schedule:
     stats = [trace.calls.get(call) for call in range(1, problem.calls + 1)]
     h2d = tuple(s.loaded_bytes if s else 0 for s in stats)
@@ -244,7 +243,6 @@ def _schedule(policy: str, problem: _Problem, trace: Trace, steps: list[Step], c
                     exact, note)
 
 
-# -- diffusers' chain -----------------------------------------------------------------------------------------
 def chain(sequence: Sequence[str], uses: Sequence[str], sizes: Mapping[str, int], calls: int = 1, *,
           resident: Iterable[str] = (), budget: int | None = None, device: str = DEVICE) -> Schedule:
     """diffusers' `enable_model_cpu_offload` with `sequence` as `model_cpu_offload_seq` and `resident` as
@@ -288,7 +286,6 @@ def _end_chain_call(trace: Trace, excluded: tuple[str, ...]) -> None:
         trace.load(name, EXCLUSION_ROUND_TRIP if name in back else None)
 
 
-# -- ours: the exact optimum, and Belady's rule beyond it --------------------------------------------------------
 def optimal(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: int = 1, *,
             resident: Iterable[str] = (), keep_host_copy: bool = True, device: str = DEVICE,
             max_work: int = MAX_WORK) -> Schedule:
@@ -300,12 +297,12 @@ def optimal(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: i
     search would take more than `max_work` steps, Belady's rule runs instead (`exact=False`, `note` says so).
     Raises `BudgetTooSmall` when the budget cannot hold the largest used component beside the resident ones.
     """
-    problem = _budgeted(uses, sizes, calls, budget, resident, device)
+    problem = budgeted(uses, sizes, calls, budget, resident, device)
     try:
         victims = _Search(problem, max_work).victims()
     except _TooLarge as too_large:
-        return _run("optimal", problem, _Belady(problem), not keep_host_copy, False, str(too_large))
-    return _run("optimal", problem, _Planned(victims), not keep_host_copy)
+        return run_rule("optimal", problem, _Belady(problem), not keep_host_copy, False, str(too_large))
+    return run_rule("optimal", problem, _Planned(victims), not keep_host_copy)
 
 
 def belady(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: int = 1, *,
@@ -313,15 +310,15 @@ def belady(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: in
     """Belady's rule with sizes: load on use; when the use does not fit, evict the resident component used again
     furthest in the future (never again first), among ties the largest, until it fits. Nothing is offloaded at
     the end of a call. Optimal for equal sizes; with sizes it is a heuristic, the fallback of `optimal`."""
-    problem = _budgeted(uses, sizes, calls, budget, resident, device)
-    return _run("belady", problem, _Belady(problem), not keep_host_copy)
+    problem = budgeted(uses, sizes, calls, budget, resident, device)
+    return run_rule("belady", problem, _Belady(problem), not keep_host_copy)
 
 
 def lower_bound(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: int = 1, *,
                 resident: Iterable[str] = (), max_work: int = MAX_WORK) -> Bound:
     """The least host-to-device bytes within `budget`: the exact optimum when the search is affordable, else the
     compulsory loads (each resident and each used component once), which no schedule goes below."""
-    problem = _budgeted(uses, sizes, calls, budget, resident, "")
+    problem = budgeted(uses, sizes, calls, budget, resident, "")
     compulsory = problem.fixed_bytes + problem.weight(problem.offloaded)
     try:
         search = _Search(problem, max_work)
@@ -343,7 +340,7 @@ class _Search:
     that keeps the search exact and its frontier small. Per position the cheapest (bytes, evictions) reaching
     each state is kept, with the state it came from, so the schedule is read back from the end."""
 
-    def __init__(self, problem: _Problem, max_work: int):
+    def __init__(self, problem: Problem, max_work: int):
         self.problem, self.max_work, self.work = problem, max_work, 0
         self.bit = {name: 1 << i for i, name in enumerate(problem.offloaded)}
         self.size = {self.bit[name]: problem.sizes[name] for name in problem.offloaded}
@@ -453,7 +450,7 @@ class _Planned:
 
 
 class _Belady:
-    def __init__(self, problem: _Problem):
+    def __init__(self, problem: Problem):
         self.problem = problem
         self.positions: dict[str, list[int]] = {}
         for position, (_, _, name) in enumerate(problem.flat):
@@ -479,102 +476,5 @@ class _Belady:
         return tuple(victims)
 
 
-# -- the peers ------------------------------------------------------------------------------------------------
-def components_manager(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: int = 1, *,
-                       resident: Iterable[str] = (), device: str = DEVICE) -> Schedule:
-    """diffusers' modular `ComponentsManager.enable_auto_cpu_offload` (`modular_pipelines/components_manager.py`,
-    `CustomOffloadHook` and `AutoOffloadStrategy`, diffusers 0.42.1), on whole components.
-
-    Every component has a hook; a component already on the device runs as it is. Otherwise, with other hooked
-    components on the device: when its size is below the free memory it loads; if not, every combination of
-    those on the device (largest first, then in component order) is tried, and the one with the smallest total
-    that frees at least the shortfall is evicted (the first found among equal totals, so fewer components win); no
-    combination frees enough: all of them go. No look-ahead, and nothing is offloaded at the end of a call.
-    Its reserve margin (`memory_reserve_margin`, 3 GB by default) is modelled as part of the budget: the budget
-    is the device's free memory minus the margin, so free memory here is the budget minus the resident bytes;
-    its comparison stays strict, so a component that exactly fills the rest still evicts (the smallest).
-    `resident` components are outside the manager, on the device for good. Its evictions copy their bytes back.
-    """
-    problem = _budgeted(uses, sizes, calls, budget, resident, device)
-    return _run("components_manager", problem, _ComponentsManager(problem), True)
-
-
-class _ComponentsManager:
-    def __init__(self, problem: _Problem):
-        self.problem = problem
-        self.hooked = [name for name in problem.sizes if name not in problem.fixed]  # the manager's order
-
-    def evict(self, position, name, resident):
-        if name in resident:
-            return ()
-        hooks = [n for n in self.hooked if n in resident]
-        if not hooks:
-            return ()
-        sizes = self.problem.sizes
-        free = self.problem.room - self.problem.weight(resident)
-        if sizes[name] < free:
-            return ()
-        shortfall = sizes[name] - free
-        best, best_size = None, None
-        by_size = sorted(hooks, key=lambda n: sizes[n], reverse=True)  # stable, as its sorted dict
-        for count in range(1, len(by_size) + 1):
-            for candidate in combinations(by_size, count):
-                total = sum(sizes[n] for n in candidate)
-                if total >= shortfall and (best is None or total < best_size):
-                    best, best_size = candidate, total
-        return tuple(hooks) if best is None else tuple(n for n in hooks if n in best)
-
-
-def comfyui(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: int = 1, *,
-            resident: Iterable[str] = (), device: str = DEVICE) -> Schedule:
-    """ComfyUI's `load_models_gpu` / `free_memory` (`comfy/model_management.py` as of 2025), whole models.
-
-    Models stay loaded across calls while they fit. Before a model is used, models are unloaded until the free
-    memory exceeds what it needs (its size, or nothing when it is loaded already), in the order `free_memory`
-    sorts them: (memory already offloaded, reference count, size, list position). Whole models have nothing
-    offloaded and equal reference counts are assumed, so the smallest model goes first and, among equal sizes,
-    the most recently requested (position 0 is the newest). Its reserves (`minimum_inference_memory`, the 10 %
-    over a model's size) are modelled as part of the budget; partial loading and unloading are left out (issue
-    9). Its unloads copy their bytes back. See `comfyui_lru` for the least-recently-used rule."""
-    problem = _budgeted(uses, sizes, calls, budget, resident, device)
-    sizes = problem.sizes
-    return _run("comfyui", problem, _ComfyUI(problem, lambda loaded: [
-        n for _, _, n in sorted((sizes[n], i, n) for i, n in enumerate(loaded))]), True)
-
-
-def comfyui_lru(uses: Sequence[str], sizes: Mapping[str, int], budget: int, calls: int = 1, *,
-                resident: Iterable[str] = (), device: str = DEVICE) -> Schedule:
-    """Keep models loaded while they fit, unload the least recently requested first: ComfyUI's `free_memory`
-    before it sorted by size (it walked `current_loaded_models` from the end), as its forks still do, and the
-    rule usually quoted for ComfyUI. Same loading, reserves and copies as `comfyui`."""
-    problem = _budgeted(uses, sizes, calls, budget, resident, device)
-    return _run("comfyui_lru", problem, _ComfyUI(problem, lambda loaded: list(reversed(loaded))), True)
-
-
-class _ComfyUI:
-    def __init__(self, problem: _Problem, victim_order: Callable[[list[str]], list[str]]):
-        self.problem, self.victim_order = problem, victim_order
-        self.loaded: list[str] = []  # `current_loaded_models`: the most recently requested first
-
-    def evict(self, position, name, resident):
-        needed = 0 if name in resident else self.problem.sizes[name]
-        if name in self.loaded:  # a model asked for again leaves the list (and the candidates) and goes first
-            self.loaded.remove(name)
-        free = self.problem.room - self.problem.weight(resident)
-        victims = []
-        for victim in self.victim_order(self.loaded):
-            if free > needed:
-                break
-            victims.append(victim)
-            free += self.problem.sizes[victim]
-        self.loaded = [n for n in self.loaded if n not in victims]
-        self.loaded.insert(0, name)
-        return tuple(victims)
-
-
-# The peers simulated beside ours, named after their source; each takes (uses, sizes, budget, calls, resident=).
-PEERS: dict[str, Callable[..., Schedule]] = {"components_manager": components_manager, "comfyui": comfyui,
-                                             "comfyui_lru": comfyui_lru}
-
-__all__ = ["Bound", "BudgetTooSmall", "DEVICE", "MAX_WORK", "PEERS", "Schedule", "ScheduleError", "Step", "belady",
-           "chain", "comfyui", "comfyui_lru", "components_manager", "lower_bound", "optimal"]
+__all__ = ["Bound", "BudgetTooSmall", "DEVICE", "MAX_WORK", "Schedule", "ScheduleError", "Step", "belady", "chain",
+           "lower_bound", "optimal"]

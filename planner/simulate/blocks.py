@@ -3,17 +3,17 @@
 Pure (no torch; scipy solves the schedule). The plan and each component's per-block bytes go in (from a model
 folder's safetensors headers: `planner.folder.sizes.ComponentSizes.blocks`), and a `BlockSimulation` comes out:
 
-- ours: `planner.blocks.solve`, the fewest host-to-device bytes per steady call within the budget, exact, with
+- ours: `planner.budget.solve.solve`, the fewest host-to-device bytes per steady call within the budget, exact, with
   the LP relaxation's bound beside it;
 - the whole-component optimum: the same program with each component one block (our `granularity: component`);
 - diffusers' chain (`enable_model_cpu_offload`): every used component loaded once per call (`schedule.chain`);
 - diffusers' group offloading (block level, streams) and mmgp's evenly spread resident blocks, on the same blocks;
-- the time model (`blocks.timing`): seconds of transfer per steady call and the part compute does not hide, at a
+- the time model (`planner.budget.timing`): seconds of transfer per steady call and the part compute does not hide, at a
   bandwidth for pinned and one for pageable host memory, with an optional compute time per block;
-- the host: what the host copies hold and what `pin` pins within the host's spare memory (`planner.host`).
+- the host: what the host copies hold and what `pin` pins within the host's spare memory (`planner.budget.host`).
 
-    found = blocksim.simulate(plan, {"unet": {"down_blocks.0": ..., "rest": ...}, ...}, budget=6 << 30, steps=30)
-    blocksim.render_text(found); found.to_json()
+    found = blocks.simulate(plan, {"unet": {"down_blocks.0": ..., "rest": ...}, ...}, budget=6 << 30, steps=30)
+    blocks.render_text(found); found.to_json()
 """
 
 from __future__ import annotations
@@ -22,22 +22,36 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from planner import blocks, host, schedule
-from planner.blocks import BlockSchedule, BlocksTooSmall, Model, Timing
+from planner.budget import blocks, host, peers, timing
+from planner.budget import components as schedule
+from planner.budget.blocks import BlockSchedule, BlocksTooSmall, Model
+from planner.budget.solve import TIME_LIMIT, solve
+from planner.budget.timing import Timing
 from planner.plan import Plan, PlanError, Problem
 from planner.rules import PLN411
-from planner.simulate import aligned, too_small_at
+from planner.simulate.components import too_small_at
+from planner.simulate.table import aligned
 from planner.units import human
 
 OURS = "block"
+
+
 WHOLE = "component"
+
+
 PEERS = ("group_offloading", "mmgp")
+
+
 POLICIES = (OURS, WHOLE, "chain", *PEERS)  # the order every output lists them in
+
+
 DESCRIPTIONS = {OURS: "ours, granularity block: the fewest bytes within the budget",
                 WHOLE: "ours, granularity component: whole components",
                 "chain": "diffusers' enable_model_cpu_offload",
                 "group_offloading": "diffusers' group offloading (block level, streams)",
                 "mmgp": "mmgp (evenly spread resident denoiser blocks)"}
+
+
 # The peers pin every host copy they stream: group offloading with use_stream pins its CPU copies, mmgp's
 # profiles pin the models' weights. The time model gives them the pinned bandwidth throughout.
 PEERS_PIN_ALL = True
@@ -108,14 +122,14 @@ class BlockSimulation:
 def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budget: int, *, steps: int | None = None,
              prefetch: bool | None = None, bandwidth: tuple[float, float] | None = None, block_seconds: float = 0.0,
              spare: int | None = None, host_memory: host.HostMemory | None = None, budget_flag: str | None = None,
-             time_limit: float = blocks.TIME_LIMIT) -> BlockSimulation:
+             time_limit: float = TIME_LIMIT) -> BlockSimulation:
     """Every policy on `plan`'s steady call (see the module's docstring). `spare` is the host memory pinning may
     take (default: this host's, `host.read_host_memory()`). Raises `PlanError`: a budget too small for any block
     schedule (PLN409, at `budget_flag` when the budget came from it, else at the plan's `budget`), `pin: true`
     beyond what the host can spare (PLN411, at the plan's `pin`)."""
     model = blocks.model_for(plan, component_blocks, budget, steps=steps, prefetch=prefetch, granularity="block")
     try:
-        ours = blocks.solve(model, time_limit=time_limit)
+        ours = solve(model, time_limit=time_limit)
     except BlocksTooSmall as error:
         raise PlanError([_too_small(plan, error, budget_flag)]) from None
     if spare is None:
@@ -134,21 +148,21 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
         return chosen, frozenset(tuple(key.split("/", 1)) for key in chosen.pinned)
 
     pinning, pinned = pins(ours)
-    pinned_bandwidth, pageable_bandwidth = bandwidth or (blocks.PINNED_BANDWIDTH, blocks.PAGEABLE_BANDWIDTH)
+    pinned_bandwidth, pageable_bandwidth = bandwidth or (timing.PINNED_BANDWIDTH, timing.PAGEABLE_BANDWIDTH)
 
     def timed(found: BlockSchedule, keys: frozenset) -> Timing:
-        return blocks.timing(found, pinned=keys, pinned_bandwidth=pinned_bandwidth,
+        return timing.timing(found, pinned=keys, pinned_bandwidth=pinned_bandwidth,
                              pageable_bandwidth=pageable_bandwidth, block_seconds=block_seconds)
 
     rows = {OURS: _row(OURS, ours, timed(ours, pinned))}
     whole_too_small = ""
     try:
-        whole = blocks.solve(blocks.whole_components(model), time_limit=time_limit)
+        whole = solve(blocks.whole_components(model), time_limit=time_limit)
         rows[WHOLE] = _row(WHOLE, whole, timed(whole, pins(whole)[1]))  # ours too: the same pin choice
     except BlocksTooSmall as error:
         whole_too_small = str(error)
     rows["chain"] = _chain_row(plan, model)
-    for name, peer in (("group_offloading", blocks.group_offloading), ("mmgp", blocks.mmgp)):
+    for name, peer in (("group_offloading", peers.group_offloading), ("mmgp", peers.mmgp)):
         found = peer(model)
         rows[name] = _row(name, found, timed(found, frozenset(found.model.keys) if PEERS_PIN_ALL else frozenset()))
     sizes = {name: sum(b.values()) for name, b in model.blocks.items()}
@@ -178,7 +192,6 @@ def _too_small(plan: Plan, error: BlocksTooSmall, flag: str | None) -> Problem:
     return too_small_at(plan, message, error.needed, flag)
 
 
-# -- text ---------------------------------------------------------------------------------------------------------
 def render_text(result: BlockSimulation) -> str:
     """The text report: the inputs, one row per policy (bytes per steady call, first call, peak, ratios to the
     chain and to group offloading, seconds of transfer and exposed), the LP bound, the host's pinning, notes."""

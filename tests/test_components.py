@@ -12,14 +12,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from planner import schedule
-from planner.schedule import BudgetTooSmall, ScheduleError, belady, chain, lower_bound, optimal
+from planner.budget import peers
+from planner.budget.components import BudgetTooSmall, ScheduleError, belady, chain, lower_bound, optimal
 from planner.trace import EXCLUSION_ROUND_TRIP
 
 GIB = 1 << 30
 SDXL = {"text_encoder": 246144352, "text_encoder_2": 1389382176, "unet": 5135092072, "vae": 167335590}
 SDXL_USES = ["text_encoder", "text_encoder_2", "unet", "vae"]
-BUDGETED = {"optimal": optimal, "belady": belady, **schedule.PEERS}
+BUDGETED = {"optimal": optimal, "belady": belady, **peers.PEERS}
 
 
 # -- an independent brute force --------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_a_budget_below_the_largest_component_is_an_error_with_the_numbers():
     assert (error.budget, error.needed, error.component, error.resident_bytes) == (4 * GIB, SDXL["unet"], "unet", 0)
     assert "4.00 GiB" in str(error) and "4.78 GiB" in str(error) and str(SDXL["unet"]) in str(error)
     with pytest.raises(BudgetTooSmall) as caught:  # the resident ones count against it
-        schedule.comfyui(SDXL_USES, SDXL, 6 * GIB, 1, resident=["text_encoder_2"])
+        peers.comfyui(SDXL_USES, SDXL, 6 * GIB, 1, resident=["text_encoder_2"])
     assert caught.value.needed == SDXL["unet"] + SDXL["text_encoder_2"] and "kept resident" in str(caught.value)
     assert isinstance(caught.value, ScheduleError) and isinstance(caught.value, ValueError)
     for policy in BUDGETED.values():
@@ -215,43 +215,43 @@ def test_sdxl_at_6_gib_reloads_the_second_text_encoder_and_the_unet_each_call():
     assert [(s.evicted, s.loaded) for s in ours.steps if s.call == 2] == [
         ((), ()), (("unet",), ("text_encoder_2",)), (("text_encoder_2",), ("unet",)), ((), ())]
     assert lower_bound(SDXL_USES, SDXL, 6 * GIB, 4).h2d_bytes == ours.h2d_bytes
-    peers = {name: peer(SDXL_USES, SDXL, 6 * GIB, 4).h2d_bytes for name, peer in schedule.PEERS.items()}
-    assert peers == {"components_manager": ours.h2d_bytes, "comfyui": theirs.h2d_bytes,
+    found = {name: peer(SDXL_USES, SDXL, 6 * GIB, 4).h2d_bytes for name, peer in peers.PEERS.items()}
+    assert found == {"components_manager": ours.h2d_bytes, "comfyui": theirs.h2d_bytes,
                      "comfyui_lru": theirs.h2d_bytes}
 
 
 # -- the peers' rules ----------------------------------------------------------------------------------------------
 def test_components_manager_evicts_the_smallest_combination_that_frees_enough():
     sizes = {"a": 50, "b": 30, "c": 25, "d": 60}
-    result = schedule.components_manager(["a", "b", "c", "d"], sizes, 110, 1)
+    result = peers.components_manager(["a", "b", "c", "d"], sizes, 110, 1)
     assert result.steps[3].evicted == ("b", "c")  # 55 frees the 55 short; a alone (50) does not
     assert result.d2h_bytes == 55  # its `.to("cpu")` copies back
 
 
 def test_components_manager_evicts_the_smallest_even_when_the_model_exactly_fits():
-    result = schedule.components_manager(["a", "b", "c"], {"a": 40, "b": 10, "c": 50}, 100, 1)
+    result = peers.components_manager(["a", "b", "c"], {"a": 40, "b": 10, "c": 50}, 100, 1)
     assert result.steps[2].evicted == ("b",)  # `size < free` is strict: a shortfall of 0 bytes still evicts
 
 
 def test_components_manager_keeps_models_across_calls_without_look_ahead():
-    result = schedule.components_manager(["a", "b"], {"a": 10, "b": 10}, 21, 3)
+    result = peers.components_manager(["a", "b"], {"a": 10, "b": 10}, 21, 3)
     assert result.h2d_per_call == (20, 0, 0) and not [e for e in result.events if e.event == "offload"]
-    exact = schedule.components_manager(["a", "b"], {"a": 10, "b": 10}, 20, 3)  # its strict `<` again
+    exact = peers.components_manager(["a", "b"], {"a": 10, "b": 10}, 20, 3)  # its strict `<` again
     assert exact.h2d_per_call == (20, 20, 20) and optimal(["a", "b"], {"a": 10, "b": 10}, 20, 3).h2d_bytes == 20
 
 
 def test_comfyui_unloads_the_smallest_first_and_its_older_rule_the_least_recently_used():
     sizes = {"a": 50, "b": 20, "c": 40}
-    assert schedule.comfyui(["a", "b", "c"], sizes, 100, 1).steps[2].evicted == ("b",)
-    assert schedule.comfyui_lru(["a", "b", "c"], sizes, 100, 1).steps[2].evicted == ("a",)
+    assert peers.comfyui(["a", "b", "c"], sizes, 100, 1).steps[2].evicted == ("b",)
+    assert peers.comfyui_lru(["a", "b", "c"], sizes, 100, 1).steps[2].evicted == ("a",)
     # a model asked for again becomes the most recently used
-    assert schedule.comfyui_lru(["a", "b", "a", "c"], sizes, 100, 1).steps[3].evicted == ("b",)
+    assert peers.comfyui_lru(["a", "b", "a", "c"], sizes, 100, 1).steps[3].evicted == ("b",)
     # the current rule frees until more than needed is free: 20 + 40 = 60 is not more than 60
-    assert schedule.comfyui(["a", "b", "c"], {"a": 40, "b": 20, "c": 60}, 100, 1).steps[2].evicted == ("b", "a")
+    assert peers.comfyui(["a", "b", "c"], {"a": 40, "b": 20, "c": 60}, 100, 1).steps[2].evicted == ("b", "a")
 
 
 def test_comfyui_loads_a_model_anyway_once_nothing_is_left_to_unload():
-    result = schedule.comfyui(["a", "b"], {"r": 40, "a": 60, "b": 60}, 100, 1, resident=["r"])
+    result = peers.comfyui(["a", "b"], {"r": 40, "a": 60, "b": 60}, 100, 1, resident=["r"])
     assert [(s.evicted, s.loaded) for s in result.steps] == [((), ("a",)), (("a",), ("b",))]
     assert result.peak_bytes == 100  # 60 free is not more than 60 needed, but nothing else can go
 
@@ -382,8 +382,8 @@ def _tiny(kind, tiny_pipelines):
 
 # -- the core stays light ------------------------------------------------------------------------------------------
 def test_the_schedule_module_is_pure_and_validate_does_not_load_it():
-    code = ("import sys, planner.schedule; print(sorted(m for m in ('torch', 'diffusers', 'accelerate', "
-            "'planner.sizes', 'planner.rules') if m in sys.modules))")
+    code = ("import sys, planner.budget.components; print(sorted(m for m in ('torch', 'diffusers', 'accelerate', "
+            "'planner.folder', 'planner.rules') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
-    code = "import sys, planner.validate, planner.loader; print('planner.schedule' in sys.modules)"
+    code = "import sys, planner.validate, planner.loader; print('planner.budget.components' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,14 +1,15 @@
-"""`planner simulate`: a plan's residency over several pipeline calls under every policy, on known sizes.
+"""`planner simulate` at component granularity: a plan's residency over several pipeline calls under every policy,
+on known sizes.
 
-Pure (no torch): the plan and the per-component sizes go in, `planner.schedule` makes the schedules, and a
+Pure (no torch): the plan and the per-component sizes go in, `planner.budget` makes the schedules, and a
 `Simulation` comes out with the figures each policy costs: diffusers' chain (the plan's sequence, its exclusions
 resident), ours (`budget`: the fewest host-to-device bytes within the budget, `schedule.optimal`), the peers'
-published rules (`schedule.PEERS`) and the lower bound. Every policy sees the same inputs: the plan's call order
+published rules (`peers.PEERS`) and the lower bound. Every policy sees the same inputs: the plan's call order
 (`uses`, else its sequence), the same sizes, budget and number of calls.
 
-    inputs = simulate.inputs(plan, {"text_encoder": 246120960, "unet": 1719041928, "vae": 167307726})
-    result = simulate.run(inputs, budget=8 << 30, calls=4)      # or simulate.simulate(plan, sizes, 4, 8 << 30)
-    result.to_json(); simulate.render_text(result); simulate.plot(result, "timeline.png")
+    inputs = components.inputs(plan, {"text_encoder": 246120960, "unet": 1719041928, "vae": 167307726})
+    result = components.run(inputs, budget=8 << 30, calls=4)    # or components.simulate(plan, sizes, 4, 8 << 30)
+    result.to_json(); components.render_text(result); plot.plot(result, "timeline.png")
 
 Sizes map a component to its bytes as loaded, or to None for a component the pipeline lacks (None in the
 folder): skipped, as diffusers skips it. A component of the plan without either is a problem (PLN410); so is a
@@ -16,7 +17,7 @@ budget that cannot hold the largest component used beside the excluded ones (PLN
 chain, which ignores the budget. A combined pipeline's connected chains are simulated as the one chain of the plan's
 sequence: for a call order that follows the sequence they move the same bytes.
 
-`plot` draws with matplotlib (the `plot` extra), imported only there.
+The timeline is `planner.simulate.plot`; the table layout `planner.simulate.table`.
 """
 
 from __future__ import annotations
@@ -26,16 +27,23 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from planner import schedule
+from planner.budget import components as schedule
+from planner.budget import peers
 from planner.plan import Plan, PlanError, Problem
 from planner.rules import PLN409, PLN410
 from planner.rules.context import did_you_mean, some
+from planner.simulate.table import aligned
 from planner.units import human, parse_size
 
 BUDGET = "budget"  # our policy's name in every output
-POLICIES = ("chain", BUDGET, *schedule.PEERS)  # the order every output lists them in
+
+
+POLICIES = ("chain", BUDGET, *peers.PEERS)  # the order every output lists them in
+
+
 DEFAULT_CALLS = 4
-PLOT_EXTRA = "pip install 'offload-planner[plot]'"
+
+
 DESCRIPTIONS = {"chain": "diffusers' enable_model_cpu_offload",
                 BUDGET: "the fewest host-to-device bytes within the budget",
                 "components_manager": "diffusers' ComponentsManager auto offload",
@@ -109,7 +117,6 @@ class Simulation:
         return data
 
 
-# -- the inputs from a plan and its sizes ------------------------------------------------------------------------
 def inputs(plan: Plan, sizes: Mapping[str, int | None], *, where: str = "--sizes",
            complete: bool = True) -> Inputs:
     """The inputs of `plan` on `sizes` ({name: bytes, or None for a component the pipeline lacks}).
@@ -168,7 +175,6 @@ def parse_sizes(text: str) -> dict[str, int | None]:
     return found
 
 
-# -- running the policies --------------------------------------------------------------------------------------
 def run(given: Inputs, budget: int, calls: int = DEFAULT_CALLS) -> Simulation:
     """Every policy on `given` within `budget` bytes over `calls` calls. The chain always runs (it ignores the
     budget); when the budget cannot hold what one use needs, the others cannot and `too_small` says why."""
@@ -180,7 +186,7 @@ def run(given: Inputs, budget: int, calls: int = DEFAULT_CALLS) -> Simulation:
         return Simulation(given, calls, budget, MappingProxyType(schedules), None, too_small)
     schedules[BUDGET] = schedule.optimal(uses, sizes, budget, calls, resident=resident,
                                          keep_host_copy=given.keep_host_copy)
-    for name, peer in schedule.PEERS.items():
+    for name, peer in peers.PEERS.items():
         schedules[name] = peer(uses, sizes, budget, calls, resident=resident)
     return Simulation(given, calls, budget, MappingProxyType(schedules), bound)
 
@@ -230,7 +236,6 @@ def too_small_at(plan: Plan, message: str, needed: int, flag: str | None) -> Pro
     return plan.problem("budget", PLN409, message, f"raise budget to at least {needed} bytes ({human(needed)})")
 
 
-# -- text ------------------------------------------------------------------------------------------------------
 def render_text(result: Simulation) -> str:
     """The text report: the inputs, then one row per policy (host-to-device and device-to-host bytes in total and
     per call, the peak resident, the ratio of its host-to-device bytes to ours), then the lower bound."""
@@ -254,10 +259,10 @@ def _table(result: Simulation) -> list[str]:
     for name in POLICIES:
         found = result.schedules.get(name)
         if found is None:
-            rows.append((_label(name), "does not fit", "", "", "", "", ""))
+            rows.append((label(name), "does not fit", "", "", "", "", ""))
             continue
         ratio = result.ratio(name)
-        rows.append((_label(name), human(found.h2d_bytes), human(found.h2d_bytes // calls), human(found.d2h_bytes),
+        rows.append((label(name), human(found.h2d_bytes), human(found.h2d_bytes // calls), human(found.d2h_bytes),
                      human(found.d2h_bytes // calls), human(found.peak_bytes) + (" !" if found.over_budget else ""),
                      f"{ratio:.2f}" if ratio is not None else "-"))
     if result.bound is not None:
@@ -266,14 +271,7 @@ def _table(result: Simulation) -> list[str]:
     return aligned(rows)
 
 
-def aligned(rows: list[tuple[str, ...]]) -> list[str]:
-    """Table rows as text lines: the first column left-aligned, the others right-aligned, two spaces apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
-
-
-def _label(name: str) -> str:
+def label(name: str) -> str:
     return f"{name} (ours)" if name == BUDGET else name
 
 
@@ -305,149 +303,3 @@ def _notes(result: Simulation) -> list[str]:
         notes.append(f"lower bound: the least host-to-device bytes any schedule within the budget moves, "
                      f"{kind}.")
     return notes
-
-
-# -- the residency timeline ------------------------------------------------------------------------------------
-def plot_available() -> bool:
-    """Whether matplotlib (the `plot` extra) is installed; found without importing it."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("matplotlib") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def plot_formats() -> dict[str, str]:
-    """The file extensions (without the dot) matplotlib can write here, with the format's name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure().canvas.get_supported_filetypes()
-
-
-GIB = 1 << 30
-_PANELS = ("chain", BUDGET)  # the timelines drawn: diffusers' chain against ours
-PLOT_CALLS = 12  # calls drawn at most: beyond, bars a pixel wide say nothing (the panel titles count every call)
-
-
-def plot(result: Simulation, path: str, title: str | None = None) -> None:
-    """Draw the residency timeline to `path` (its extension picks the format, as `plot_formats` lists): a panel
-    per policy (the chain, then ours) with one row per component and a bar over each use during which it is on
-    the device (solid while it is the one in use), the calls separated; below, the bytes resident during each
-    use against the budget line, in GiB. The first PLOT_CALLS calls are drawn; the figures in the panel titles
-    count them all. Needs matplotlib (the `plot` extra): raises ImportError without it."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never a window, whatever the environment says
-    from matplotlib.figure import Figure
-
-    policies = [name for name in _PANELS if name in result.schedules]
-    names = list(result.inputs.sizes)
-    calls = min(result.calls, PLOT_CALLS)
-    slots = calls * len(result.inputs.uses)
-    heights = [max(1.2, 0.42 * len(names) + 0.7)] * len(policies) + [2.6]
-    figure = Figure(figsize=(min(max(10.0, 0.42 * slots + 4.0), 24.0), sum(heights) + 1.6), layout="constrained")
-    axes = figure.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
-    colors = _colors(names)
-    for ax, name in zip(axes[:-1], policies, strict=True):
-        _timeline(ax, result, name, names, colors, slots)
-    _resident_bytes(axes[-1], result, policies, slots)
-    _calls_axis(axes, result, calls)
-    figure.suptitle(title or _title(result, calls), fontsize=12)
-    figure.savefig(path, dpi=110)
-
-
-def _title(result: Simulation, calls: int) -> str:
-    given = result.inputs
-    shown = f"the first {calls} of {result.calls} calls" if calls < result.calls else \
-        f"{calls} call{'s' if calls != 1 else ''}"
-    return f"{given.plan or 'plan'}: residency over {shown}, budget {human(result.budget)}"
-
-
-def _colors(names: list[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: palette(i % palette.N) for i, name in enumerate(names)}
-
-
-def _timeline(ax, result: Simulation, policy: str, names: list[str], colors: dict, slots: int) -> None:
-    """One policy's rows over the first `slots` uses: a pale bar where a component is resident, a solid one where
-    it is the use, and a black mark where it was loaded (host to device) just before the use. Adjacent slots are
-    drawn as one bar, and each row's bars as one collection."""
-    found = result.schedules[policy]
-    row = {name: i for i, name in enumerate(names)}
-    spans: dict[tuple[str, bool], list[list[int]]] = {}
-    loads: list[tuple[int, int]] = []
-    for slot, step in enumerate(found.steps[:slots]):
-        for name in step.resident:
-            runs = spans.setdefault((name, name == step.component), [])
-            if runs and runs[-1][0] + runs[-1][1] == slot:
-                runs[-1][1] += 1
-            else:
-                runs.append([slot, 1])
-        loads += [(slot, row[name]) for name in step.loaded]
-    for (name, solid), runs in spans.items():
-        ax.broken_barh([tuple(r) for r in runs], (row[name] - 0.31, 0.62), facecolors=colors[name],
-                       alpha=1.0 if solid else 0.32, edgecolor="none")
-    if loads:
-        ax.vlines([slot + 0.04 for slot, _ in loads], [r - 0.34 for _, r in loads], [r + 0.34 for _, r in loads],
-                  color="black", linewidth=2.2)
-    ax.set_yticks(range(len(names)), [f"{n} ({human(result.inputs.sizes[n])})" for n in names], fontsize=9)
-    ax.set_ylim(max(len(names), 1) - 0.5, -0.5)  # a plan with no component still draws an empty row
-    moved = (f"{human(found.h2d_bytes)} host to device, {human(found.d2h_bytes)} back, peak "
-             f"{human(found.peak_bytes)}" + (" (over the budget)" if found.over_budget else ""))
-    ax.set_title(f"{_label(policy)}: {DESCRIPTIONS[policy]}  |  {moved}", loc="left", fontsize=10)
-    ax.grid(axis="x", color="0.9", linewidth=0.6)
-    ax.set_axisbelow(True)
-
-
-def _resident_bytes(ax, result: Simulation, policies: list[str], slots: int) -> None:
-    """Bytes on the device during each of the first `slots` uses, per policy, against the budget."""
-    styles = {"chain": {"color": "tab:gray"}, BUDGET: {"color": "tab:blue"}}
-    for name in policies:
-        values = [step.resident_bytes / GIB for step in result.schedules[name].steps[:slots]]
-        if values:
-            ax.stairs(values, range(len(values) + 1), label=_label(name), linewidth=2, baseline=None,
-                      **styles[name])
-    ax.axhline(result.budget / GIB, color="tab:red", linestyle="--", linewidth=1.5,
-               label=f"budget {human(result.budget)}")
-    ax.set_ylabel("resident (GiB)")
-    top = max(result.budget, *(s.peak_bytes for s in result.schedules.values())) / GIB
-    ax.set_ylim(bottom=0, top=top * 1.15 or 1)
-    ax.set_title("weights resident on the device during each use", loc="left", fontsize=10)
-    ax.grid(axis="y", color="0.9", linewidth=0.6)
-
-
-def _calls_axis(axes, result: Simulation, calls: int) -> None:
-    """The shared x axis over `calls` calls: one slot per use, named under the last panel; a dotted line between
-    calls and the call numbers above the first panel; the legend of the marks."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    uses = result.inputs.uses
-    per_call = len(uses)
-    slots = calls * per_call
-    bounds = [call * per_call for call in range(1, calls)] if per_call else []
-    for ax in axes:
-        if bounds:
-            ax.vlines(bounds, 0, 1, transform=ax.get_xaxis_transform(), color="0.35", linestyle=":", linewidth=1)
-        ax.set_xlim(0, max(slots, 1))
-    last = axes[-1]
-    if slots <= 60:  # beyond that, names would overlap: the call numbers above say enough
-        last.set_xticks([i + 0.5 for i in range(slots)], [uses[i % per_call] for i in range(slots)], rotation=60,
-                        ha="right", fontsize=8)
-    else:
-        last.set_xticks([])
-    last.set_xlabel("uses, in call order")
-    top = axes[0].secondary_xaxis("top")
-    top.set_xticks([(call + 0.5) * per_call for call in range(calls)], [f"call {call + 1}" for call in range(calls)],
-                   fontsize=9)
-    top.tick_params(length=0)
-    marks = [Patch(color="0.45", alpha=1.0, label="in use"), Patch(color="0.45", alpha=0.32, label="resident"),
-             Line2D([], [], color="black", linewidth=2.2, label="loaded (host to device)")]
-    axes[0].legend(handles=marks, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    last.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
