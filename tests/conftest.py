@@ -71,14 +71,14 @@ def real_sized(tmp_path_factory):
 def fired(monkeypatch):
     """The components whose budget hook fired, in order (the real hook runs too): the budget and block
     executors' tests read the call order from it."""
-    from planner.executor import budget
+    from planner.executor import hooks
 
     seen = []
-    original = budget.BudgetHook.pre_forward
+    original = hooks.BudgetHook.pre_forward
 
     def logged(hook, module, *args, **kwargs):
         seen.append(hook.config.component)
         return original(hook, module, *args, **kwargs)
 
-    monkeypatch.setattr(budget.BudgetHook, "pre_forward", logged)
+    monkeypatch.setattr(hooks.BudgetHook, "pre_forward", logged)
     return seen

@@ -23,9 +23,10 @@ from diffusers import DiffusionPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 from test_applied import attributes, state  # noqa: E402
 
-from planner.executor import blockwise  # noqa: E402
-from planner.executor import budget as budget_mod  # noqa: E402
-from planner.executor.components import module_bytes  # noqa: E402
+from planner.budget import decide  # noqa: E402
+from planner.executor import blocks as exec_blocks  # noqa: E402
+from planner.executor import hooks, reasons, weights  # noqa: E402
+from planner.executor.modules import module_bytes  # noqa: E402
 
 DENOISERS = blocks.DENOISERS
 
@@ -85,7 +86,7 @@ def budgets(pipe, plan) -> tuple[int, int]:
     """(the least budget block streaming needs, the pipeline's bytes)."""
     found = {name: grouped(module) for name, module in models(pipe).items()}
     model = blocks.model_for(plan, found, 1, granularity="block")
-    return blockwise.least_budget(model, found, plan)[0], sum(module_bytes(m) for m in models(pipe).values())
+    return decide.least_blocks(plan, found, model).needed, sum(module_bytes(m) for m in models(pipe).values())
 
 
 def call_order(fired: list[str]) -> tuple[list[str], int]:
@@ -115,7 +116,7 @@ def device_probe(monkeypatch):
                 watched[id(tensor)] = (tensor, tensor.data_ptr())
         return measured
 
-    original = budget_mod.Weights.load
+    original = weights.Weights.load
 
     def load_and_measure(weights, device, keep_host):
         original(weights, device, keep_host)
@@ -123,7 +124,7 @@ def device_probe(monkeypatch):
             measured.append(sum(t.numel() * t.element_size() for t, pointer in watched.values()
                                 if t.data_ptr() != pointer))
 
-    monkeypatch.setattr(budget_mod.Weights, "load", load_and_measure)
+    monkeypatch.setattr(weights.Weights, "load", load_and_measure)
     return watch
 
 
@@ -152,7 +153,7 @@ def loads_per_block(trace, call: int) -> Counter:
 def test_blocks_are_the_readers_blocks_submodules_and_sum_to_the_component(kind, tiny_builds):
     pipe = load(tiny_builds[kind])
     for name, module in models(pipe).items():
-        found = blockwise.partition(module)
+        found = exec_blocks.partition(module)
         assert found.sizes == grouped(module), name  # the safetensors reader's naming, block by block
         assert sum(found.sizes.values()) == module_bytes(module)
         assert list(found.sizes)[-1] == REST and set(found.modules) == set(found.sizes) - {REST}
@@ -162,9 +163,9 @@ def test_blocks_are_the_readers_blocks_submodules_and_sum_to_the_component(kind,
         assert len(tensors) == len(set(tensors))  # each tensor in one block
     if kind == "flux":  # T5's input embedding is tied to `shared`: one tensor, in REST
         t5 = pipe.text_encoder_2
-        rest = {id(t) for t in blockwise.partition(t5).tensors[REST]}
+        rest = {id(t) for t in exec_blocks.partition(t5).tensors[REST]}
         assert t5.shared.weight is t5.encoder.embed_tokens.weight and id(t5.shared.weight) in rest
-        assert list(blockwise.partition(pipe.transformer).modules) == ["single_transformer_blocks.0",
+        assert list(exec_blocks.partition(pipe.transformer).modules) == ["single_transformer_blocks.0",
                                                                       "transformer_blocks.0"]
 
 
@@ -178,7 +179,7 @@ def test_a_block_that_is_no_submodule_and_a_tied_tensor_belong_to_rest():
             self.head.weight = self.layers[1].weight  # tied across a block and REST
 
     module = Tiny()
-    found = blockwise.partition(module)
+    found = exec_blocks.partition(module)
     assert list(found.modules) == ["layers.0", "layers.1"]
     rest = {id(t) for t in found.tensors[REST]}
     assert id(module.scales[0]) in rest and id(module.layers[1].weight) in rest
@@ -264,10 +265,10 @@ def test_more_or_fewer_steps_than_planned_keep_the_budget(ran, tiny_builds, tmp_
     assert all((out == expected).all() for out in outs)
     trace = applied.trace
     assert max(s.peak_resident_bytes for s in trace.calls.values()) <= least and max(measured) <= least
-    reasons = {e.reason for e in trace.events}
+    seen = {e.reason for e in trace.events}
     if ran > 2:  # the third step streams what it does not hold, labelled
-        assert blockwise.UNPLANNED_FORWARD in reasons
-        extra = [e for e in trace.events if e.reason == blockwise.UNPLANNED_FORWARD and e.event == "load"]
+        assert reasons.UNPLANNED_FORWARD in seen
+        extra = [e for e in trace.events if e.reason == reasons.UNPLANNED_FORWARD and e.event == "load"]
         assert {e.component.split("/")[0] for e in extra} == {"unet"}
     else:  # what the skipped step would have dropped is dropped before the vae runs; never more than planned
         assert all(trace.calls[c].loaded_bytes <= applied.schedule.h2d_bytes for c in (2, 3))
@@ -290,7 +291,7 @@ def test_a_component_outside_the_plan_streams_within_the_budget(tiny_builds, tmp
         assert (out == expected).all()
     trace = applied.trace
     own = [e for e in trace.events if e.component.startswith("controlnet/")]
-    assert own and all(e.reason == budget_mod.OWN_HOOK for e in own)
+    assert own and all(e.reason == reasons.OWN_HOOK for e in own)
     assert not any(e.component.startswith("controlnet/") for e in trace.events if e.call == 1 and
                    e.event == "load" and e.reason is None)
     assert not {k for k in trace.resident if k.startswith("controlnet/")}  # gone when the call ended
@@ -333,7 +334,7 @@ def test_a_budget_below_the_least_block_budget_is_pln307_and_changes_nothing(tin
         planner.apply(pipe, plan, dry_run=True)
     problem, = info.value.problems
     assert problem.rule == "PLN307" and (problem.line, problem.column) == plan.locations["budget"] != (0, 0)
-    assert f"({least} bytes)" in problem.fix and "granularity block" in problem.message
+    assert f"at least {least} bytes" in problem.fix and "block by block" in problem.message
     assert attributes(pipe) == before and state(pipe) == pipe_before
     assert planner.apply(pipe, write_plan(tmp_path, components, least, steps=2, name="ok.yaml"),
                          dry_run=True).schedule is not None  # one byte more is enough
@@ -358,7 +359,7 @@ def test_pin_true_beyond_what_the_host_can_spare_is_pln411_and_changes_nothing(t
     assert auto.host.pinned == 0 and "a dry run" in auto.host.note  # nothing pinned where nothing moves
     model = auto.schedule.model
     assert auto.host.held == sum(model.size(key) for key in model.keys)  # the host copies of every moved block
-    assert auto._installer.prepared.pinning.pinned_bytes <= small.spare  # the choice stays within the host budget
+    assert auto._installer.decision.pinning.pinned_bytes <= small.spare  # the choice stays within the host budget
 
 
 @pytest.mark.parametrize("kind", ["sd", "flux"])
@@ -372,7 +373,7 @@ def test_remove_restores_every_submodule_and_tensor_exactly(kind, tiny_builds, t
     least, _ = budgets(pipe, write_plan(tmp_path, components, 1, uses=uses, steps=steps, name="size.yaml"))
     applied = planner.apply(pipe, write_plan(tmp_path, components, least, uses=uses, steps=steps), dry_run=True)
     hooked = [sub for m in models(pipe).values() for sub in m.modules()
-              if isinstance(getattr(sub, "_hf_hook", None), blockwise.BlockHook)]
+              if isinstance(getattr(sub, "_hf_hook", None), hooks.BlockHook)]
     assert hooked and applied.active
     applied(**call_kwargs(kind, steps))
     pipe(**call_kwargs(kind, steps))  # a plain call ends through the shadows
@@ -393,7 +394,7 @@ def test_hooks_removed_behind_the_handle_come_back_and_the_blocks_stay(tiny_buil
     assert applied.state == "displaced"
     applied(**call_kwargs("sd", steps))
     assert applied.active and applied.trace.calls[2].loaded_bytes == 0  # everything fits: nothing moved again
-    assert isinstance(pipe.unet.down_blocks[0]._hf_hook, blockwise.BlockHook)
+    assert isinstance(pipe.unet.down_blocks[0]._hf_hook, hooks.BlockHook)
 
 
 def test_a_swapped_component_leaves_the_device_and_the_new_one_is_hooked_block_by_block(tiny_builds, tmp_path,
@@ -406,11 +407,11 @@ def test_a_swapped_component_leaves_the_device_and_the_new_one_is_hooked_block_b
     expected = applied(**call_kwargs("sd", steps)).images
     pipe.unet = load(tiny_builds["sd"]).unet
     assert (applied(**call_kwargs("sd", steps)).images == expected).all()
-    swapped = {e.component for e in applied.trace.events if e.reason == budget_mod.SWAPPED}
+    swapped = {e.component for e in applied.trace.events if e.reason == reasons.SWAPPED}
     assert swapped == {k for k in applied.trace.sizes if k.startswith("unet/")}  # every old block left the device
     assert not any(hasattr(sub, "_hf_hook") for sub in old.modules())
     assert {n: p.data_ptr() for n, p in old.named_parameters()} == pointers
-    assert isinstance(pipe.unet.mid_block._hf_hook, blockwise.BlockHook) and applied.active
+    assert isinstance(pipe.unet.mid_block._hf_hook, hooks.BlockHook) and applied.active
     applied.remove()
 
 
@@ -443,7 +444,7 @@ def test_a_lora_loaded_and_fused_while_blocks_are_resident_is_never_lost(tiny_bu
     applied(**call_kwargs("sd", steps))
     grown = sum(v for k, v in applied.trace.sizes.items() if k.startswith("unet/"))
     assert grown == module_bytes(pipe.unet) and applied.active
-    assert (blockwise.REPLANNED in {e.reason for e in applied.trace.events})
+    assert (reasons.REPLANNED in {e.reason for e in applied.trace.events})
     applied(**call_kwargs("sd", steps))  # every block resident again
     pipe.fuse_lora()  # peft adds into `weight.data` of the device copies
     applied.offload_all()
@@ -531,7 +532,7 @@ class FakeCuda:
 def test_side_stream_copies_on_its_stream_then_the_compute_stream_waits_before_the_block_runs():
     cuda = FakeCuda()
 
-    class Recorded(blockwise.SideStream):
+    class Recorded(exec_blocks.StreamCopier):
         def record(self, tensor, stream):
             cuda.log.append(("record_stream", stream.name, tuple(tensor.shape)))
 
@@ -547,9 +548,9 @@ def test_side_stream_copies_on_its_stream_then_the_compute_stream_waits_before_t
     assert cuda.log == [("enter", "side"), ("copy", "side"), ("record", "side", event.name), ("exit", "side"),
                         ("record_stream", "compute", (2,)), ("record_stream", "compute", (3,)), ("block runs",),
                         ("wait", "compute", event.name)]
-    assert isinstance(blockwise.copier_for(torch.device("cuda"), prefetch=True),
-                      blockwise.SideStream if torch.cuda.is_available() else blockwise.Inline)
-    assert isinstance(blockwise.copier_for(torch.device("cpu"), prefetch=True), blockwise.Inline)
+    assert isinstance(exec_blocks.copier_for(torch.device("cuda"), prefetch=True),
+                      exec_blocks.StreamCopier if torch.cuda.is_available() else exec_blocks.SyncCopier)
+    assert isinstance(exec_blocks.copier_for(torch.device("cpu"), prefetch=True), exec_blocks.SyncCopier)
 
 
 def test_a_prefetched_block_waits_for_its_copy_before_it_runs_and_before_it_is_dropped(tiny_builds, tmp_path,
@@ -560,7 +561,7 @@ def test_a_prefetched_block_waits_for_its_copy_before_it_runs_and_before_it_is_d
     residency = applied._installer.residency
     log = []
 
-    class Logged(blockwise.Inline):
+    class Logged(exec_blocks.SyncCopier):
         def copy(self, load):
             load()
             log.append(("copy", len(log)))
@@ -602,7 +603,7 @@ def test_on_gpu_the_budget_holds_in_device_memory_and_images_match_no_offload(ki
         assert applied.trace.calls[call].loaded_bytes == (applied.schedule.first_call_bytes if call == 1 else
                                                           applied.schedule.h2d_bytes)
         assert baseline <= least  # weights on the device between calls
-    assert applied.host.pinned <= applied._installer.prepared.pinning.spare
+    assert applied.host.pinned <= applied._installer.decision.pinning.spare
     applied.remove()
     assert all(next(m.parameters()).device.type == "cpu" for m in models(pipe).values())
 

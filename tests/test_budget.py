@@ -21,7 +21,10 @@ from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline  # noqa:
 from PIL import Image  # noqa: E402
 from test_applied import attributes, state, warmed  # noqa: E402
 
-from planner.executor import budget as budget_mod  # noqa: E402
+from planner.budget import decide  # noqa: E402
+from planner.budget.problems import Asker  # noqa: E402
+from planner.executor import budget as exec_budget  # noqa: E402
+from planner.executor import reasons, residency  # noqa: E402
 from planner.executor.generate import Request, _call_kwargs  # noqa: E402
 
 
@@ -57,7 +60,7 @@ def models(pipe) -> dict:
 
 
 def sizes_of(pipe) -> dict:
-    from planner.executor.components import module_bytes
+    from planner.executor.modules import module_bytes
 
     return {name: module_bytes(module) for name, module in models(pipe).items()}
 
@@ -139,13 +142,13 @@ def test_calls_as_they_come_follow_the_planned_calls_then_their_steady_cycle(tin
     sizes = sizes_of(pipe)
     budget = tight(sizes)
     applied = planner.apply(pipe, write_plan(tmp_path, ["text_encoder", "unet", "vae"], budget=budget), dry_run=True)
-    calls = budget_mod.HORIZON + 3
+    calls = decide.HORIZON + 3
     for _ in range(calls):
         applied(**sd_kwargs())
-    planned = schedules.optimal(["text_encoder", "unet", "vae"], applied.trace.sizes, budget, budget_mod.HORIZON,
+    planned = schedules.optimal(["text_encoder", "unet", "vae"], applied.trace.sizes, budget, decide.HORIZON,
                                 device=applied.trace.device)
     assert applied.schedule == planned
-    assert tuple(e for e in applied.trace.events if e.call <= budget_mod.HORIZON) == planned.events
+    assert tuple(e for e in applied.trace.events if e.call <= decide.HORIZON) == planned.events
     steady = [events(applied.trace, call) for call in range(2, calls + 1)]
     assert all([step[1:] for step in call] == [step[1:] for step in steady[0]] for call in steady)
     assert all(applied.trace.calls[call].peak_resident_bytes <= budget for call in range(1, calls + 1))
@@ -168,7 +171,7 @@ def test_an_unpredicted_use_stays_within_the_budget_is_marked_and_warns_once(tin
         marked = [(event, name) for _, event, name, reason in events(applied.trace, call) if reason]
         assert marked == [("offload", "unet"), ("load", "vae")]  # the vae's load and the eviction it forced
         assert applied.trace.calls[call].peak_resident_bytes <= budget
-    assert all(e.reason == budget_mod.UNPREDICTED for e in applied.trace.events if e.reason)
+    assert all(e.reason == reasons.UNPREDICTED for e in applied.trace.events if e.reason)
 
 
 def test_a_pipeline_calling_in_another_order_than_the_plan_stays_correct(tiny_pipelines, tmp_path):
@@ -184,7 +187,7 @@ def test_a_pipeline_calling_in_another_order_than_the_plan_stays_correct(tiny_pi
         out = applied(**sd_kwargs(**kwargs)).images
     assert (out == expected).all()
     assert applied.trace.calls[1].peak_resident_bytes <= budget
-    assert ("load", "vae", budget_mod.UNPREDICTED) in [(e.event, e.component, e.reason) for e in applied.trace.events]
+    assert ("load", "vae", reasons.UNPREDICTED) in [(e.event, e.component, e.reason) for e in applied.trace.events]
 
 
 def test_a_component_outside_the_plan_is_loaded_when_it_runs_and_leaves_when_the_call_ends(tiny_pipelines, tmp_path):
@@ -196,7 +199,7 @@ def test_a_component_outside_the_plan_is_loaded_when_it_runs_and_leaves_when_the
         warnings.simplefilter("error")  # outside the plan is not a surprise: no warning
         applied(**sd_kwargs(image=Image.new("RGB", (64, 64))))
     own = [(e.event, e.reason) for e in applied.trace.events if e.component == "controlnet"]
-    assert own == [("load", budget_mod.OWN_HOOK), ("offload", budget_mod.OWN_HOOK)]
+    assert own == [("load", reasons.OWN_HOOK), ("offload", reasons.OWN_HOOK)]
     assert applied.trace.resident == {"text_encoder", "unet", "vae"}
 
 
@@ -262,7 +265,7 @@ def test_a_weight_changed_while_resident_is_copied_back_and_never_lost(edit, kee
     else:
         assert copied == sum(sizes.values())  # without host copies every eviction copies back
     unet = [(e.event, e.reason) for e in applied.trace.events if e.component == "unet" and e.call == 2]
-    assert unet == [("offload", "offload_all; " + budget_mod.COPIED_BACK)]
+    assert unet == [("offload", "offload_all; " + reasons.COPIED_BACK)]
     reference = load(tiny_pipelines["sd"])
     edit(reference.unet.conv_in.weight)
     assert (applied(**sd_kwargs()).images == reference(**sd_kwargs()).images).all()  # the edit is in force
@@ -402,7 +405,7 @@ def test_a_swapped_component_leaves_the_device_and_the_new_one_is_hooked(tiny_pi
     applied(**sd_kwargs())
     pipe.unet = load(tiny_pipelines["sd"]).unet
     applied(**sd_kwargs())
-    assert ("offload", "unet", budget_mod.SWAPPED) in [(e.event, e.component, e.reason) for e in applied.trace.events]
+    assert ("offload", "unet", reasons.SWAPPED) in [(e.event, e.component, e.reason) for e in applied.trace.events]
     assert not hasattr(old, "_hf_hook") and {n: p.data_ptr() for n, p in old.named_parameters()} == pointers
     assert type(pipe.unet._hf_hook).__name__ == "BudgetHook" and applied.active
 
@@ -427,8 +430,8 @@ def test_a_budget_below_the_largest_component_beside_the_exclusions_is_refused_w
         planner.apply(pipe, plan, dry_run=True)
     problem = info.value.problems[0]
     assert problem.rule == "PLN307" and (problem.line, problem.column) == plan.locations["budget"] != (0, 0)
-    assert "component 'unet' needs" in problem.message and "beside" in problem.message
-    assert problem.fix == f"raise it to at least {human(budget + 1)} ({budget + 1} bytes)"
+    assert "cannot hold unet (" in problem.message and "beside the excluded components" in problem.message
+    assert problem.fix == f"raise budget to at least {budget + 1} bytes ({human(budget + 1)})"
     assert state(pipe) == before
 
 
@@ -438,13 +441,13 @@ def test_the_budget_comes_from_the_free_memory_minus_the_reserve(tiny_pipelines,
     monkeypatch.setattr(devices, "count", lambda kind: 1 if kind == "cuda" else 0)
     monkeypatch.setattr(devices, "free_memory", lambda device: 10 << 30)
     plan = write_plan(tmp_path, ["text_encoder", "unet", "vae"])
-    assert budget_mod.budget_for(plan, devices.target(plan), dry_run=False) == (10 << 30) - budget_mod.DEFAULT_RESERVE
+    assert exec_budget.budget_for(plan, devices.target(plan), dry_run=False) == (10 << 30) - decide.DEFAULT_RESERVE
     path = tmp_path / "reserve.yaml"
     path.write_text("version: 1\ndevice: cuda\npolicy: budget\nreserve: 3GiB\ncomponents: [unet]\n")
-    assert budget_mod.budget_for(planner.load_plan(path), devices.target(plan), dry_run=False) == 7 << 30
+    assert exec_budget.budget_for(planner.load_plan(path), devices.target(plan), dry_run=False) == 7 << 30
     monkeypatch.setattr(devices, "free_memory", lambda device: None)
     with pytest.raises(PlanError, match="PLN307 cuda does not report its free memory"):
-        budget_mod.budget_for(plan, devices.target(plan), dry_run=False)
+        exec_budget.budget_for(plan, devices.target(plan), dry_run=False)
 
 
 def test_a_combined_pipeline_keeps_one_budget_and_its_connected_pipelines_end_no_call(tmp_path, monkeypatch):
@@ -493,7 +496,8 @@ def test_apply_flags_choose_the_policy_and_budget_through_the_plan_rules(tiny_pi
     assert capsys.readouterr().err.startswith("--budget: PLN214 ")
     assert main([*argv, "--policy", "budget", "--budget", "100KB"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("--budget: PLN307 a budget of 97.66 KiB (100000 bytes) is too small: component 'unet'")
+    assert err.startswith("--budget: PLN307 a budget of 97.66 KiB (100000 bytes) cannot hold unet (261.11 KiB")
+    assert "pass --budget 267376 or more (261.11 KiB)" in err
     assert main([*argv, "--policy", "budget"]) == 1
     assert "--policy: PLN307" in capsys.readouterr().err  # a dry run has no device to take a budget from
     assert main([*argv, "--budget", "8GiB"]) == 0  # the chain ignores a budget (PLN217 warns at validate)
@@ -567,14 +571,16 @@ def test_only_the_chosen_host_copies_are_pinned_and_never_more_than_the_host_spa
     plan = write_plan(tmp_path, ["text_encoder", "unet", "vae"], budget=tight(sizes), exclude=["safety_checker"])
     spare = sizes["unet"] + sizes["vae"]  # not all three
     spare_host(monkeypatch, spare)
-    residency = budget_mod.Residency(planner.trace.Trace("cuda:0"), torch.device("cuda"), tight(sizes), plan, 4)
-    residency.sync({n: m for n, m in models(pipe).items() if n in sizes})
-    chosen = {name for name, weights in residency.weights.items() if weights.pin}
+    asker = Asker.applying(plan)
+    decision = decide.decide(plan, sizes, tight(sizes), asker, calls=4)
+    found = residency.ComponentResidency(planner.trace.Trace("cuda:0"), torch.device("cuda"), decision, asker, 4)
+    found.sync({n: m for n, m in models(pipe).items() if n in sizes})
+    chosen = {name for name, weights in found.weights.items() if weights.pin}
     assert chosen and sum(sizes[n] for n in chosen) <= spare and "safety_checker" not in chosen
-    assert residency.pinning.pinned_bytes == sum(sizes[n] for n in chosen)
+    assert found.pinning.pinned_bytes == sum(sizes[n] for n in chosen)
     spare_host(monkeypatch, 0)
-    residency.sync({n: m for n, m in models(pipe).items() if n in sizes and n != "vae"})  # a change re-plans
-    assert not any(weights.pin for weights in residency.weights.values())
+    found.sync({n: m for n, m in models(pipe).items() if n in sizes and n != "vae"})  # a change re-plans
+    assert not any(weights.pin for weights in found.weights.values())
 
 
 def test_pin_true_beyond_the_spare_memory_is_pln411_before_anything_changes(tiny_pipelines, tmp_path, monkeypatch):

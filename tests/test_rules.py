@@ -462,11 +462,10 @@ def test_a_budget_below_the_largest_offloaded_component_is_pln409_with_the_numbe
     problems = _budget_problems(tmp_path, 51_999)
     assert [(p.rule, p.line, p.column, p.severity) for p in problems] == [("PLN409", 5, 1, "error")]
     assert problems[0].message == (
-        f"a budget of 50.78 KiB (51999 bytes) cannot hold unet (39.06 KiB), the largest component it offloads beside "
-        f"the excluded safety_checker (11.72 KiB), resident throughout: the model folder {tmp_path / 'model'} at its "
-        "stored dtype needs at least 50.78 KiB (52000 bytes)")
-    assert problems[0].fix == ("raise budget to at least 52000 bytes (50.78 KiB), or leave budget out to use the "
-                               "free memory minus reserve")
+        "a budget of 50.78 KiB (51999 bytes) cannot hold unet (39.06 KiB, the largest component it moves) beside the "
+        "excluded components (11.72 KiB, resident throughout): at least 50.78 KiB (52000 bytes) is needed for the "
+        f"model folder {tmp_path / 'model'} at its stored dtype")
+    assert problems[0].fix == "raise budget to at least 52000 bytes (50.78 KiB)"
     assert _budget_problems(tmp_path, 52_000) == [] and _budget_problems(tmp_path, "52 KB") == []
 
 

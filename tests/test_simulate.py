@@ -137,7 +137,7 @@ def test_simulate_locates_a_budget_too_small_at_the_flag_or_the_plan(tmp_path):
     (problem,) = caught.value.problems
     line = path.read_text(encoding="utf-8").splitlines().index("budget: 1GiB") + 1
     assert (problem.path, problem.rule, problem.line, problem.column) == (str(path), "PLN409", line, 1)
-    assert "the excluded components kept resident (600.00 MiB)" in problem.message
+    assert "beside the excluded components (600.00 MiB, resident throughout)" in problem.message
 
 
 def test_without_any_budget_simulate_says_to_pass_one(tmp_path):

@@ -9,9 +9,11 @@ plan's policy, and lives in one installer per policy:
 
 - `chain` (planner.executor.chain): diffusers' own `enable_model_cpu_offload`, run under the plan's shadows, so the
   hooks are exactly diffusers' for that sequence;
-- `budget` (planner.executor.budget): our own hooks, which keep what fits within the budget on the device and
-  follow the schedule of `planner.budget.components.optimal`; with `granularity: block`
-  (planner.executor.blockwise), block by block, following `planner.budget.solve.solve`.
+- `budget` (planner.executor.budget): our own hooks, which carry out the core's decision (`planner.budget.decide`,
+  asked once here before anything changes) on whole components or, with `granularity: block`, block by block.
+
+The installer is chosen by (policy, granularity) (`installer.installer_for`) and speaks one protocol with the handle
+(`installer.Installer`).
 
 What the handle holds and what holds it, so that dropping the pipeline and the handle frees both: the pipeline
 holds the handle (its shadows are the handle's bound methods), the handle holds the pipeline; the registry of
@@ -22,21 +24,22 @@ go. Every private diffusers and accelerate attribute is read through `planner.ex
 
 from __future__ import annotations
 
-import difflib
 import time
 import weakref
 
 import torch
-from accelerate.hooks import CpuOffload, remove_hook_from_module
+from accelerate.hooks import remove_hook_from_module
 
+from planner.budget import decide
+from planner.budget.problems import Asker
 from planner.executor import compat, devices
-from planner.executor.blockwise import BlockHook, BlockInstaller, prepare
-from planner.executor.budget import BudgetHook, BudgetInstaller, budget_for, budget_problems
-from planner.executor.chain import ChainInstaller, owned
-from planner.executor.components import connected_pipes, device_of, model_components
+from planner.executor.budget import block_sizes, budget_for
+from planner.executor.checks import group_hooks_near_the_top, is_model_offload, preflight
+from planner.executor.installer import InstallContext, installer_for
+from planner.executor.modules import device_of, model_components, module_bytes
 from planner.executor.shadows import MISSING as _MISSING
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN301, PLN302, PLN306
+from planner.rules import PLN302
 from planner.rules.device import device_problems
 from planner.trace import Trace
 from planner.units import human
@@ -54,7 +57,7 @@ def applied_to(pipe) -> "AppliedPlan | None":
     return ref() if ref is not None else None
 
 
-class _Pristine:
+class Snapshot:
     """A component module as it was before any plan hooked it: the accelerate attributes of each submodule (by
     identity) and the device of its weights. One per module, shared by every plan hooking it (pipelines can share
     components); `users` are those plans, and the last one to let go puts the module back."""
@@ -81,7 +84,7 @@ class _Pristine:
 
 
 # id(module) -> its snapshot; the snapshot holds the module, so the id stays its own while the entry lives
-_pristine: "weakref.WeakValueDictionary[int, _Pristine]" = weakref.WeakValueDictionary()
+_pristine: "weakref.WeakValueDictionary[int, Snapshot]" = weakref.WeakValueDictionary()
 
 
 def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = None, at=None) -> "AppliedPlan":
@@ -104,25 +107,23 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
     if problems:  # a Plan built by hand skipped the rules
         raise PlanError(problems)
     target = devices.target(plan)
-    problems = preflight(pipe, plan, target, dry_run)
+    problems = preflight(pipe, plan, target, dry_run, applied=applied_to(pipe) is not None)
     if problems:
         raise PlanError(problems)
-    budget = prepared = None
+    decision = asker = None
     if getattr(plan, "policy", "chain") == "budget":
         budget = budget_for(plan, target, dry_run, at)  # raises PlanError (PLN307) when there is none to be had
-        if plan.granularity == "block":  # the block schedule and the pin choice (PLN307, PLN411)
-            prepared = prepare(pipe, plan, budget, target, dry_run, at)
-        problems = [] if prepared is not None else budget_problems(pipe, plan, budget, at)
-        if problems:
-            raise PlanError(problems)
+        asker = Asker.applying(plan, at)
+        sizes = block_sizes(pipe) if plan.granularity == "block" else \
+            {name: module_bytes(module) for name, module in model_components(pipe).items()}
+        # the schedule and the pin choice; PLN307 or PLN411 before anything changes
+        decision = decide.decide(plan, sizes, budget, asker, calls=calls, device=str(target))
     previous = applied_to(pipe)
     if previous is not None:
         previous.remove()
-    handle = AppliedPlan(pipe, plan, target, dry_run, budget=budget, calls=calls, prepared=prepared)
     try:
-        handle._install()
+        handle = AppliedPlan(pipe, plan, target, dry_run, decision=decision, asker=asker, calls=calls)
     except BaseException:
-        handle._let_go()
         if previous is not None:
             apply(pipe, previous.plan, previous.dry_run, calls=previous.calls)
         raise
@@ -157,8 +158,8 @@ class AppliedPlan:
     the same per device; `schedule` the `planner.budget.components.Schedule` it follows (None for the chain).
     """
 
-    def __init__(self, pipe, plan: Plan, target: torch.device, dry_run: bool, budget: int | None = None,
-                 calls: int | None = None, prepared=None):
+    def __init__(self, pipe, plan: Plan, target: torch.device, dry_run: bool, decision=None, asker=None,
+                 calls: int | None = None):
         self.pipe, self.plan, self.target, self.dry_run, self.calls = pipe, plan, target, dry_run, calls
         self.execution_device = torch.device("cpu") if dry_run else target
         self.trace = Trace(device=str(target))
@@ -167,16 +168,16 @@ class AppliedPlan:
         self._removed = False
         self._ending = False
         self._blocked = False  # the last end of a call found another kind of offload and left it in place
-        self._records: dict[int, _Pristine] = {}  # id(module) -> snapshot, for every module this plan hooked
-        self._hooked: dict = {}  # component name -> (module, the plan's hook on it, or None when it has none)
-        if budget is None:
-            self._installer = ChainInstaller(self)
-        elif prepared is not None:  # granularity block (blockwise.prepare)
-            self._installer = BlockInstaller(self, budget, prepared)
-        else:
-            self._installer = BudgetInstaller(self, budget, calls)
-        self._hosts = self._installer.hosts()
-        self._chains = [host for host in self._hosts if host.chain]
+        self._records: dict[int, Snapshot] = {}  # id(module) -> snapshot, for every module this plan hooked
+        context = InstallContext(pipe, plan, self.trace, target, self.execution_device, dry_run, self._enable,
+                                 self._maybe_free)
+        self._installer = installer_for(context, decision, asker, calls)
+        self._hosts = self._installer.shadows()
+        try:  # a failure part-way rolls back to the state before
+            self._reinstall()
+        except BaseException:
+            self._let_go()
+            raise
 
     # -- the user's side ------------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -213,7 +214,7 @@ class AppliedPlan:
 
     @property
     def budget(self) -> int | None:
-        return getattr(self._installer, "budget", None)
+        return self._installer.budget
 
     @property
     def budgets(self) -> dict[str, int]:
@@ -222,13 +223,13 @@ class AppliedPlan:
 
     @property
     def schedule(self):
-        return getattr(self._installer, "schedule", None)
+        return self._installer.schedule
 
     @property
     def host(self):
         """Budget policy: the host's side (`budget.HostUse`: host bytes held, pinned bytes, the pin note); None for
         the chain, which pins nothing of its own (accelerate's hooks move modules with `.to()`)."""
-        return getattr(self._installer, "host", None)
+        return self._installer.host
 
     @property
     def copied_back(self) -> dict[int, int] | None:
@@ -254,6 +255,13 @@ class AppliedPlan:
         self.trace.offload_all()
         self._let_go()
 
+    def resume(self) -> None:
+        """Re-install the plan now when it is "displaced" (its hooks were taken by another plan on a pipeline that
+        shares components, or removed behind its back); nothing otherwise. The next call through the handle
+        does the same by itself."""
+        if self.state == "displaced":
+            self._reinstall()
+
     def __enter__(self) -> "AppliedPlan":
         return self
 
@@ -268,9 +276,6 @@ class AppliedPlan:
         return f"<AppliedPlan {self.plan.offload_seq} on {self.target}{policy} ({state})>"
 
     # -- installing ----------------------------------------------------------------------------------------
-    def _install(self) -> None:
-        self._reinstall()
-
     def _enable(self, gpu_id=None, device=None) -> None:
         """Stands in for `pipe.enable_model_cpu_offload` while the plan is applied: diffusers calls it at the
         end of every call and after loading LoRA weights; the plan's device wins over any argument."""
@@ -290,9 +295,21 @@ class AppliedPlan:
 
     def _reinstall(self) -> None:
         """Put the plan's hooks on the pipeline as it is now; at the end of a call, close the call in the trace
-        (even when the re-install fails or is refused)."""
+        first (so it is closed even when the re-install fails or is refused)."""
         ending, self._ending = self._ending, False
-        self._installer.reinstall(ending)
+        if ending:
+            self._installer.end_call(time.perf_counter())
+        modules = self._prepare(ending)  # snapshots each new module before an installer moves its weights
+        if modules is None:
+            return
+        try:
+            self._installer.install(modules, ending)
+        except ValueError:
+            if ending and self._conflict() is not None:  # diffusers refuses: group offloading, found deeper
+                self._blocked = True
+                return
+            raise
+        self._blocked = False
 
     def _prepare(self, ending: bool) -> dict | None:
         """What every install starts with: None when the end of a call finds another kind of offload (the plan
@@ -317,7 +334,7 @@ class AppliedPlan:
             if key not in self._records:
                 record = _pristine.get(key)
                 if record is None or record.module is not module:
-                    record = _pristine[key] = _Pristine(module)
+                    record = _pristine[key] = Snapshot(module)
                 record.users.add(self)
                 self._records[key] = record
 
@@ -329,13 +346,14 @@ class AppliedPlan:
         if self._blocked or not all(host.in_force() for host in self._hosts):
             return False
         modules = model_components(pipe)
-        if modules.keys() != self._hooked.keys():
+        hooked = self._installer.hooked
+        if modules.keys() != hooked.keys():
             return False
         for name, module in modules.items():
-            installed, hook = self._hooked[name]
+            installed, hook = hooked[name]
             if module is not installed or (hook is not None and compat.hook_of(module) is not hook):
                 return False
-            if _group_hooks_near_the_top(module):
+            if group_hooks_near_the_top(module):
                 return False
         return True
 
@@ -348,7 +366,7 @@ class AppliedPlan:
         for name, module in model_components(pipe).items():
             for sub in module.modules():
                 hook = compat.hook_of(sub)
-                if hook is not None and not _model_offload(hook):
+                if hook is not None and not is_model_offload(hook):
                     return self._problem(f"{type(hook).__name__} (sequential CPU offload or another accelerate "
                                          f"hook) was put on {name!r} after the plan was applied",
                                          "call applied.remove() first to keep it, or pipe.remove_all_hooks() to "
@@ -392,10 +410,9 @@ class AppliedPlan:
         if applied_to(self.pipe) is self:
             del _applied[self.pipe]
         for other in others:
-            if not other._removed and not other._in_force() and other._conflict() is None:
-                other._reinstall()
+            other.resume()
 
-    def _release(self, record: _Pristine) -> None:
+    def _release(self, record: Snapshot) -> None:
         record.users.discard(self)
         if not record.users:
             record.restore()
@@ -404,104 +421,3 @@ class AppliedPlan:
 
     def _problem(self, message: str, fix: str) -> Problem:
         return self.plan.problem("device", PLN302, message, fix)
-
-
-def _model_offload(hook) -> bool:
-    """A model offload hook (diffusers' chain, or a plan's own): what the plan replaces when it re-installs; any
-    other accelerate hook is another kind of offload, which it never replaces silently."""
-    return isinstance(hook, (CpuOffload, BudgetHook, BlockHook)) or owned(hook)
-
-
-# -- checks made before anything changes ------------------------------------------------------------------
-def preflight(pipe, plan: Plan, target: torch.device, dry_run: bool) -> list[Problem]:
-    """Every reason `plan` cannot be applied to `pipe` as it is now; empty when it can."""
-    problems = _component_problems(pipe, plan)
-    state = _state_problem(pipe, plan)
-    if state:
-        problems.append(state)
-    if not dry_run:
-        problems += devices.problems(plan, target)
-    return problems
-
-
-def _component_problems(pipe, plan: Plan) -> list[Problem]:
-    components = pipe.components
-    problems = _connected_problems(pipe, plan)
-    for key, names in (("components", plan.sequence), ("exclude", sorted(plan.exclude)),
-                       ("own_hook", sorted(plan.own_hook))):
-        for name in names:
-            if name not in components:
-                hint = difflib.get_close_matches(name, list(components), n=1)
-                fix = f"did you mean {hint[0]!r}?" if hint else "remove it from the plan"
-                problems.append(plan.problem(f"{key}.{name}", PLN301,
-                                             f"{type(pipe).__name__} has no component {name!r} (it has: "
-                                             f"{', '.join(components)})", fix))
-            elif components[name] is not None and not isinstance(components[name], torch.nn.Module):
-                problems.append(plan.problem(f"{key}.{name}", PLN301,
-                                             f"component {name!r} is a {type(components[name]).__name__}, not a "
-                                             f"model: only torch modules are offloaded", f"remove {name!r}"))
-    return problems
-
-
-def _connected_problems(pipe, plan: Plan) -> list[Problem]:
-    """PLN306 when the plan's `pipe` entries do not say how the pipeline hooks its connected pipelines."""
-    cls = type(pipe).__name__
-    connected = connected_pipes(pipe)
-    if not connected:
-        return [plan.problem(f"components.{name}", PLN306, f"{cls} hooks one chain of its own, not one per "
-                             f"connected pipeline (pipe: {attribute})", f"remove `pipe` from {name!r}")
-                for name, attribute in plan.pipes.items()]
-    if not plan.pipes:
-        return [plan.problem("components", PLN306, f"{cls} hooks each connected pipeline "
-                             f"({', '.join(connected)}) with a chain of its own: the plan must say which holds each "
-                             "component", "write components as a mapping, each with `pipe:`")]
-    modules = model_components(pipe)
-    owner = {id(m): attribute for attribute, sub in connected.items() for m in model_components(sub).values()}
-    problems = []
-    for name in plan.sequence:
-        attribute = plan.pipes.get(name)
-        wanted = owner.get(id(modules[name])) if name in modules else None
-        if attribute not in connected:
-            problems.append(plan.problem(f"components.{name}", PLN306, f"{cls} has no connected pipeline "
-                                         f"{attribute!r} (it has: {', '.join(connected)})",
-                                         f"write `pipe: {wanted}`" if wanted else "name one of them"))
-        elif wanted is not None and wanted != attribute:
-            problems.append(plan.problem(f"components.{name}", PLN306, f"{cls} hooks {name!r} in the chain of "
-                                         f"{wanted}, not {attribute}", f"write `pipe: {wanted}`"))
-    return problems
-
-
-def _state_problem(pipe, plan: Plan) -> Problem | None:
-    where = "device"
-    if compat.pipe_device_mapped(pipe):
-        return plan.problem(where, PLN302, "the pipeline was loaded with a device_map: offloading and device "
-                            "maps cannot be combined", "call pipe.reset_device_map() first, or load it without one")
-    for name, module in model_components(pipe).items():
-        spread = {str(d) for d in compat.device_map_of(module).values()}
-        if len(spread) > 1:
-            return plan.problem(where, PLN302, f"component {name!r} is dispatched over several devices "
-                                f"({', '.join(sorted(spread))})", "load it without a device_map")
-    if compat.pipe_group_offloaded(pipe):
-        return plan.problem(where, PLN302, "group offloading is active on this pipeline",
-                            "disable group offloading on its components first")
-    mine = applied_to(pipe)
-    for name, module in model_components(pipe).items():
-        for sub in module.modules():
-            hook = getattr(sub, compat.HF_HOOK, None)
-            if hook is None or owned(hook) or isinstance(hook, (BudgetHook, BlockHook)):  # a plan's own
-                continue
-            if sub is module and isinstance(hook, CpuOffload) and mine is None:
-                return plan.problem(where, PLN302, "model CPU offload is already enabled on this pipeline "
-                                    "by diffusers", "call pipe.remove_all_hooks() first; the plan replaces it")
-            if not isinstance(hook, CpuOffload):
-                return plan.problem(where, PLN302, f"sequential CPU offload (or another accelerate hook: "
-                                    f"{type(hook).__name__}) is active on {name!r}",
-                                    "call pipe.remove_all_hooks() first")
-    return None
-
-
-# -- small helpers ----------------------------------------------------------------------------------------
-def _group_hooks_near_the_top(module) -> bool:
-    """A cheap sign of diffusers' group offloading: its block-level hooks sit on the module or its direct children
-    (leaf-level ones on leaves, direct children included in diffusers' models). The end of a call checks fully."""
-    return any(compat.has_group_offloading(sub) for sub in (module, *module.children()))

@@ -17,12 +17,11 @@ import torch
 from accelerate.hooks import CpuOffload, ModelHook
 
 from planner.executor import compat
-from planner.executor.components import model_components, module_bytes
-from planner.executor.shadows import Host
+from planner.executor.installer import InstallContext
+from planner.executor.modules import model_components, module_bytes
+from planner.executor.reasons import AFTER_OFFLOAD_ALL, OFFLOAD_ALL
+from planner.executor.shadows import Shadowed
 from planner.trace import EXCLUSION_ROUND_TRIP
-
-OFFLOAD_ALL = "offload_all"  # a transfer made by AppliedPlan.offload_all()
-AFTER_OFFLOAD_ALL = "after offload_all"  # an excluded component coming back after offload_all()
 
 # Every CpuOffload hook a chain installer followed: how preflight tells a plan's hooks from diffusers' own.
 _owned: "weakref.WeakSet[CpuOffload]" = weakref.WeakSet()
@@ -37,73 +36,68 @@ class ChainInstaller:
     """Installs the plan as diffusers' chain on the handle's pipeline (and its connected pipelines)."""
 
     policy = "chain"
+    budget = schedule = host = None  # the budget policy's figures: the chain has none
     copied_back = None  # every offload copies its bytes back: the trace's figures say it all
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, context: InstallContext):
+        self.context = context
+        self.hooked: dict = {}
+        self.chains: list[Shadowed] = []  # the shadowed pipelines whose chain diffusers installs
+        self.back: set[str] = set()  # exclusions the end of the call took to the CPU: their reload is a round trip
         self._installing = False  # a whole install runs: connected pipelines' installs are part of it
 
-    def hosts(self) -> list:
+    def shadows(self) -> list[Shadowed]:
         """The pipeline objects the plan shadows: the pipeline (its sequence and exclusions, unless it is a
         combined pipeline whose override hooks each connected pipeline), then each connected pipeline."""
-        handle, plan = self.handle, self.handle.plan
-        top = {compat.ENABLE: handle._enable, compat.FREE: handle._maybe_free}
+        context, plan = self.context, self.context.plan
+        top = {compat.ENABLE: context.enable, compat.FREE: context.maybe_free}
         if not plan.pipes:
-            return [Host(handle.pipe, {compat.SEQUENCE: plan.offload_seq, compat.EXCLUDE: sorted(plan.exclude),
-                                       **top})]
-        hosts = [Host(handle.pipe, top)]
-        for attribute, names in plan.chains:
-            hosts.append(self._connected_host(getattr(handle.pipe, attribute), names))
-        return hosts
+            found = [Shadowed(context.pipe, {compat.SEQUENCE: plan.offload_seq,
+                                             compat.EXCLUDE: sorted(plan.exclude), **top})]
+        else:
+            found = [Shadowed(context.pipe, top)]
+            for attribute, names in plan.chains:
+                found.append(self._connected_host(getattr(context.pipe, attribute), names))
+        self.chains = [shadowed for shadowed in found if shadowed.chain]
+        return found
 
     # -- installing --------------------------------------------------------------------------------------------
-    def reinstall(self, ending: bool) -> None:
-        """Put diffusers' hooks on the pipeline as it is now; at the end of a call, close the call in the trace
-        (even when the re-install fails or is refused)."""
-        handle = self.handle
-        back = handle.trace.resident & handle.plan.exclude  # diffusers moves them to the CPU and back: a round trip
-        handle.trace.offload_all({name: EXCLUSION_ROUND_TRIP for name in back})
-        try:
-            modules = self._hook(ending)
-        finally:
-            if ending:
-                handle.trace.end_call(time.perf_counter())
-        if modules is not None:
-            self._follow(modules, back)
+    def end_call(self, now: float) -> None:
+        """diffusers' end of a call: everything to the CPU, the exclusions too (a round trip, once re-installed)."""
+        self.back = self._round_trip()
+        self.context.trace.end_call(now)
 
-    def _hook(self, ending: bool) -> dict | None:
-        """diffusers' own `enable_model_cpu_offload` under the plan's shadows; returns the model components. At
-        the end of a call that finds another kind of offload on the pipeline, nothing changes and None is
-        returned: the plan never replaces it silently (the handle is "blocked")."""
-        handle = self.handle
-        pipe = handle.pipe
-        modules = handle._prepare(ending)
-        if modules is None:
-            return None
-        if not handle.plan.pipes:
-            compat.set_offload_gpu_id(pipe, handle.execution_device.index or 0)
+    def _round_trip(self) -> set[str]:
+        trace = self.context.trace
+        back = trace.resident & self.context.plan.exclude  # diffusers moves them to the CPU and back
+        trace.offload_all({name: EXCLUSION_ROUND_TRIP for name in back})
+        return back
+
+    def install(self, modules: dict, ending: bool) -> None:
+        """diffusers' own `enable_model_cpu_offload` under the plan's shadows, then the trace follows the hooks it
+        installed. Raises diffusers' ValueError when it refuses (group offloading found deeper)."""
+        context = self.context
+        back = self._round_trip() | (self.back if ending else set())
+        self.back = set()
+        pipe = context.pipe
+        if not context.plan.pipes:
+            compat.set_offload_gpu_id(pipe, context.execution_device.index or 0)
         self._installing = True
         try:
-            getattr(type(pipe), compat.ENABLE)(pipe, device=handle.execution_device)
-        except ValueError:
-            if ending and handle._conflict() is not None:  # diffusers refuses: group offloading, found deeper
-                handle._blocked = True
-                return None
-            raise
+            getattr(type(pipe), compat.ENABLE)(pipe, device=context.execution_device)
         finally:
             self._installing = False
-        handle._blocked = False
-        return modules
+        self._follow(modules, back)
 
-    def _connected_host(self, sub, names: tuple[str, ...]):
+    def _connected_host(self, sub, names: tuple[str, ...]) -> Shadowed:
         """The shadows of a connected pipeline `sub` (`prior_pipe`) whose chain holds the plan's `names` (the
         combined pipeline's names): its own names for them, its exclusions, and its two methods routed here."""
-        plan = self.handle.plan
+        plan = self.context.plan
         own = {id(module): name for name, module in sub.components.items() if isinstance(module, torch.nn.Module)}
-        combined = model_components(self.handle.pipe)
+        combined = model_components(self.context.pipe)
         local = [own[id(combined[name])] for name in names if name in combined]
         excluded = sorted(own[id(combined[n])] for n in plan.exclude if n in combined and id(combined[n]) in own)
-        host = Host(sub, {compat.SEQUENCE: "->".join(local), compat.EXCLUDE: excluded})
+        host = Shadowed(sub, {compat.SEQUENCE: "->".join(local), compat.EXCLUDE: excluded})
         host.shadows[compat.ENABLE] = lambda gpu_id=None, device=None: self._enable_connected(host)
         host.shadows[compat.FREE] = lambda: self._free_connected(host)
         return host
@@ -111,17 +105,17 @@ class ChainInstaller:
     def _enable_connected(self, host) -> None:
         """A connected pipeline's `enable_model_cpu_offload`: diffusers' own with the plan's device, as part of a
         whole install, or on its own when the connected pipeline's call ends (its chain is re-installed alone)."""
-        handle = self.handle
+        context = self.context
         sub = host.pipe
-        compat.set_offload_gpu_id(sub, handle.execution_device.index or 0)
+        compat.set_offload_gpu_id(sub, context.execution_device.index or 0)
         if self._installing:
-            getattr(type(sub), compat.ENABLE)(sub, device=handle.execution_device)
+            getattr(type(sub), compat.ENABLE)(sub, device=context.execution_device)
             return
-        modules = model_components(handle.pipe)
+        modules = model_components(context.pipe)
         mine = {name for name, module in modules.items() if id(module) in host.module_ids()}
-        back = handle.trace.resident & handle.plan.exclude & mine  # moved to the CPU and back, as in `reinstall`
-        handle.trace.offload_all({name: EXCLUSION_ROUND_TRIP for name in back}, only=mine)
-        getattr(type(sub), compat.ENABLE)(sub, device=handle.execution_device)
+        back = context.trace.resident & context.plan.exclude & mine  # moved to the CPU and back, as in `reinstall`
+        context.trace.offload_all({name: EXCLUSION_ROUND_TRIP for name in back}, only=mine)
+        getattr(type(sub), compat.ENABLE)(sub, device=context.execution_device)
         self._follow(modules, back, hosts=[host])
 
     def _free_connected(self, host) -> None:
@@ -132,20 +126,20 @@ class ChainInstaller:
     def _follow(self, modules: dict, back: set, hosts: list | None = None) -> None:
         """Let the trace follow the hooks just installed on `hosts` (default: every chain), and record the
         exclusions put on the device."""
-        handle = self.handle
-        trace = handle.trace
+        context = self.context
+        trace = context.trace
         names = {id(m): name for name, m in modules.items()}
         if hosts is None:
             trace.sizes = {name: module_bytes(m) for name, m in modules.items()}
-            handle._hooked = {name: (m, None) for name, m in modules.items()}
-        for host in handle._chains if hosts is None else hosts:
+            self.hooked = {name: (m, None) for name, m in modules.items()}
+        for host in self.chains if hosts is None else hosts:
             host.hooks = compat.all_hooks(host.pipe)
             for user_hook in host.hooks:
                 model = compat.hooked_model(user_hook)
                 name = names[id(model)]
-                handle._hooked[name] = (model, compat.hooked_hook(user_hook))
+                self.hooked[name] = (model, compat.hooked_hook(user_hook))
                 self._observe(compat.hooked_hook(user_hook), name, names)
-            for name in sorted(n for n in handle.plan.exclude if n in modules and id(modules[n]) in host.module_ids()):
+            for name in sorted(n for n in context.plan.exclude if n in modules and id(modules[n]) in host.module_ids()):
                 trace.load(name, EXCLUSION_ROUND_TRIP if name in back else None)  # on the device for good
 
     def _observe(self, hook, name: str, names: dict) -> None:
@@ -155,7 +149,7 @@ class ChainInstaller:
         prev = compat.previous_model(hook)
         prev_name = names.get(id(prev)) if prev is not None else None
         original = hook.pre_forward
-        trace = self.handle.trace
+        trace = self.context.trace
 
         def pre_forward(module, *args, **kwargs):
             trace.begin(time.perf_counter())  # a plain pipe() call is timed from its first hook firing
@@ -171,16 +165,16 @@ class ChainInstaller:
     def offload_all(self) -> None:
         """Every component to the host now: the chain's (each hook's own offload) and the exclusions, which come
         back when they next run (a `ParkedHook` until the call's end re-installs the chain)."""
-        handle = self.handle
-        trace = handle.trace
-        for host in handle._chains:
+        context = self.context
+        trace = context.trace
+        for host in self.chains:
             for user_hook in host.hooks:
                 user_hook.offload()
-        modules = {name: module for name, (module, _) in handle._hooked.items()}
-        for name in sorted(n for n in handle.plan.exclude if n in modules and n in trace.resident):
+        modules = {name: module for name, (module, _) in self.hooked.items()}
+        for name in sorted(n for n in context.plan.exclude if n in modules and n in trace.resident):
             module = modules[name]
             module.to("cpu")
-            ParkedHook.park(module, name, handle.execution_device, trace)
+            ParkedHook.park(module, name, context.execution_device, trace)
         trace.offload_all({name: OFFLOAD_ALL for name in trace.resident})
 
     def release(self) -> None:

@@ -104,6 +104,11 @@ def loads_connected_pipes(cls) -> bool:
     return bool(getattr(cls, "_load_connected_pipes", False))
 
 
+def version_of(tensor: torch.Tensor) -> int:
+    """torch's in-place version counter of `tensor` (`_version`): it moves with every in-place operation."""
+    return tensor._version
+
+
 # -- what the self-check tests -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fact:

@@ -29,7 +29,7 @@ class PipeState:
                 pipe.__dict__[name] = value
 
 
-class Host:
+class Shadowed:
     """A pipeline object the plan puts shadows on: the pipeline itself, or for a combined pipeline each connected
     pipeline (`prior_pipe`, `decoder_pipe`). `state` is how its attributes were; `hooks` its `_all_hooks` as the
     last install left it (chains only)."""

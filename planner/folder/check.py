@@ -11,9 +11,9 @@ from dataclasses import replace
 
 from planner import index
 from planner.folder.reader import read
-from planner.folder.sizes import ModelSizes, human
-from planner.plan import Plan, Problem
-from planner.rules import PLN301, PLN304, PLN407, PLN409
+from planner.folder.sizes import ModelSizes
+from planner.plan import Plan, PlanError, Problem
+from planner.rules import PLN301, PLN304, PLN407
 from planner.rules.context import did_you_mean, some
 
 
@@ -73,46 +73,24 @@ def check_plan(plan: Plan, model: ModelSizes) -> list[Problem]:
 
 
 def _budget_problem(plan: Plan, model: ModelSizes) -> Problem | None:
-    """PLN409 when the plan's budget cannot hold its resident components beside the largest offloaded one it
-    uses (what the scheduler's `BudgetTooSmall` refuses at apply time), with the numbers; None otherwise."""
+    """PLN409 when the plan's budget is below the least its policy can run in on the folder's sizes, at the plan's
+    torch_dtype (`planner.budget.decide`: the same answer `planner apply` gives once the weights are loaded)."""
     if plan.policy != "budget" or plan.budget is None:
         return None
+    from planner.budget import decide
+    from planner.budget.problems import Asker
+
     dtype = plan.torch_dtype or model.torch_dtype
-    if plan.granularity == "block":
-        return _block_budget_problem(plan, model, dtype)
-    sizes = {name: c.bytes_at(dtype) for name, c in model.components.items()}
-    resident = {name: sizes[name] for name in sorted(plan.exclude) if name in sizes}
-    used = [name for name in dict.fromkeys(plan.call_order) if name in sizes and name not in plan.exclude]
-    largest = max(used, key=lambda name: sizes[name], default=None)
-    needed = sum(resident.values()) + (sizes[largest] if largest else 0)
-    if needed <= plan.budget:
-        return None
-    what = [f"{largest} ({human(sizes[largest])}), the largest component it offloads"] if largest else []
-    if resident:
-        what.append(f"the excluded {', '.join(f'{n} ({human(b)})' for n, b in resident.items())}, resident "
-                    "throughout")
-    return plan.problem("budget", PLN409, f"a budget of {human(plan.budget)} ({plan.budget} bytes) cannot hold "
-                        f"{' beside '.join(what)}: the model folder {model.source} at {dtype or 'its stored dtype'} "
-                        f"needs at least {human(needed)} ({needed} bytes)",
-                        f"raise budget to at least {needed} bytes ({human(needed)}), or leave budget out to use the "
-                        "free memory minus reserve")
-
-
-def _block_budget_problem(plan: Plan, model: ModelSizes, dtype: str | None) -> Problem | None:
-    """PLN409 for `granularity: block`: a budget below the least any block schedule needs (`blocks.Model.
-    least_budget`: the exclusions, and the worst pass's REST with its blocks held or in flight)."""
-    from planner.budget import blocks  # the block model; its solver (scipy) is imported only when solving
-
-    found = blocks.model_for(plan, {name: c.blocks(dtype) for name, c in model.components.items()}, plan.budget)
-    needed, component = found.least_budget()
-    if needed <= plan.budget:
-        return None
-    return plan.problem("budget", PLN409, f"a budget of {human(plan.budget)} ({plan.budget} bytes) cannot run "
-                        f"{component} block by block (its other parts held, room for "
-                        f"{'two blocks' if found.prefetch else 'one block'} in flight) beside the exclusions: the "
-                        f"model folder {model.source} at {dtype or 'its stored dtype'} needs at least "
-                        f"{human(needed)} ({needed} bytes)",
-                        f"raise budget to at least {needed} bytes ({human(needed)})")
+    asker = Asker.checking(plan, of=f"the model folder {model.source} at {dtype or 'its stored dtype'}")
+    used = {name: c for name, c in model.components.items() if name in plan.call_order or name in plan.exclude}
+    try:  # what one call uses, beside the exclusions
+        if plan.granularity == "block":
+            decide.check_blocks(plan, {name: c.blocks(dtype) for name, c in used.items()}, plan.budget, asker)
+        else:
+            decide.check_components(plan, {name: c.bytes_at(dtype) for name, c in used.items()}, plan.budget, asker)
+    except PlanError as error:
+        return error.problems[0]
+    return None
 
 
 def _said_by_the_index(plan: Plan) -> frozenset[str]:

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from planner.budget import blocks, host, peers, timing
+from planner.budget import blocks, decide, host, peers, problems, timing
 from planner.budget import components as schedule
 from planner.budget.blocks import BlockSchedule, BlocksTooSmall, Model
+from planner.budget.problems import Asker
 from planner.budget.solve import TIME_LIMIT, solve
 from planner.budget.timing import Timing
-from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN411
-from planner.simulate.components import too_small_at
+from planner.plan import Plan, PlanError
 from planner.simulate.table import aligned
 from planner.units import human
 
@@ -127,11 +126,9 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
     take (default: this host's, `host.read_host_memory()`). Raises `PlanError`: a budget too small for any block
     schedule (PLN409, at `budget_flag` when the budget came from it, else at the plan's `budget`), `pin: true`
     beyond what the host can spare (PLN411, at the plan's `pin`)."""
-    model = blocks.model_for(plan, component_blocks, budget, steps=steps, prefetch=prefetch, granularity="block")
-    try:
-        ours = solve(model, time_limit=time_limit)
-    except BlocksTooSmall as error:
-        raise PlanError([_too_small(plan, error, budget_flag)]) from None
+    model = decide.check_blocks(plan, component_blocks, budget, Asker.checking(plan, budget_flag), steps=steps,
+                                prefetch=prefetch)
+    ours = solve(model, time_limit=time_limit)
     if spare is None:
         host_memory = host_memory or host.read_host_memory()
         spare = host_memory.spare
@@ -142,9 +139,7 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
         try:
             chosen = host.choose_pinned(moved, mode, spare, host=host_memory)
         except host.PinError as error:
-            raise PlanError([plan.problem("pin", PLN411, str(error).split(";")[0],
-                                          "write pin: auto (it pins what the host can spare), or raise the "
-                                          "container's memory limit")]) from None
+            raise PlanError([problems.pin_beyond_spare(plan.problem, str(error))]) from None
         return chosen, frozenset(tuple(key.split("/", 1)) for key in chosen.pinned)
 
     pinning, pinned = pins(ours)
@@ -184,12 +179,6 @@ def _chain_row(plan: Plan, model: Model) -> Row:
     found = schedule.chain([n for n in plan.sequence if n in whole], list(model.uses), sizes, 2,
                            resident=("__resident__",) if resident else (), budget=model.budget)
     return Row("chain", found.h2d_per_call[-1], found.h2d_per_call[0], found.peak_bytes, found.over_budget)
-
-
-def _too_small(plan: Plan, error: BlocksTooSmall, flag: str | None) -> Problem:
-    message = (f"a budget of {human(error.budget)} ({error.budget} bytes) cannot run {error.component} block by "
-               f"block beside what stays resident: at least {human(error.needed)} ({error.needed} bytes) is needed")
-    return too_small_at(plan, message, error.needed, flag)
 
 
 def render_text(result: BlockSimulation) -> str:

@@ -28,9 +28,10 @@ from types import MappingProxyType
 from typing import Mapping
 
 from planner.budget import components as schedule
-from planner.budget import peers
+from planner.budget import decide, peers
+from planner.budget.problems import Asker
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN409, PLN410
+from planner.rules import PLN410
 from planner.rules.context import did_you_mean, some
 from planner.simulate.table import aligned
 from planner.units import human, parse_size
@@ -201,10 +202,13 @@ def simulate(plan: Plan, sizes: Mapping[str, int | None], calls: int = DEFAULT_C
     chosen = budget if budget is not None else plan.budget
     if chosen is None:
         raise ValueError(no_budget(plan))
-    result = run(given, chosen, calls)
-    if result.too_small is not None:
-        raise SimulationError([_too_small(plan, result.too_small, budget_flag if budget is not None else None)])
-    return result
+    asker = Asker.checking(plan, budget_flag if budget is not None else None)
+    try:
+        used = {name: size for name, size in given.sizes.items() if name in given.uses or name in given.resident}
+        decide.check_components(plan, used, chosen, asker)  # what one call uses, beside the exclusions
+    except PlanError as error:
+        raise SimulationError(error.problems) from None
+    return run(given, chosen, calls)
 
 
 def no_budget(plan: Plan) -> str:
@@ -213,27 +217,6 @@ def no_budget(plan: Plan) -> str:
         return (f"the plan's budget is the device's free memory at apply time minus its reserve "
                 f"({human(plan.reserve)}), which a simulation cannot know: pass --budget SIZE (e.g. --budget 8GiB)")
     return "the plan sets no budget: pass --budget SIZE (e.g. --budget 8GiB), or write budget: in the plan"
-
-
-def _too_small(plan: Plan, error: schedule.BudgetTooSmall, flag: str | None) -> Problem:
-    """PLN409 with the numbers, at `flag` when the budget came from it, else at the plan's `budget`."""
-    parts = []
-    if error.component is not None:
-        parts.append(f"{error.component} ({human(error.needed - error.resident_bytes)}, the largest component "
-                     "it uses)")
-    if error.resident_bytes:
-        parts.append(f"the excluded components kept resident ({human(error.resident_bytes)})")
-    message = (f"a budget of {human(error.budget)} ({error.budget} bytes) cannot hold {' beside '.join(parts)}: "
-               f"at least {human(error.needed)} ({error.needed} bytes) is needed")
-    return too_small_at(plan, message, error.needed, flag)
-
-
-def too_small_at(plan: Plan, message: str, needed: int, flag: str | None) -> Problem:
-    """PLN409 saying `message`, with the fix naming the least budget `needed`: at `flag` when the budget came from
-    it, else at the plan's `budget` (both granularities' simulations)."""
-    if flag is not None:
-        return PLN409.problem(flag, message, f"pass {flag} {needed} or more ({human(needed)})")
-    return plan.problem("budget", PLN409, message, f"raise budget to at least {needed} bytes ({human(needed)})")
 
 
 def render_text(result: Simulation) -> str:

@@ -1,30 +1,24 @@
-"""The budget policy at `granularity: block`: some blocks of a component stay on the device, the others stream.
+"""The budget policy at `granularity: block`, carried out: a component's blocks from its module tree, and the
+residency that follows the decided block schedule forward by forward.
 
-`planner.budget` decides (`model_for`, `solve`, `forwards`: what each forward of a call holds, streams and drops);
-this module carries it out on a pipeline. A component's blocks come from its module tree: each tensor goes to
+`planner.budget` decides (`decide.decide`: the schedule, `blocks.forwards`: what each forward of a call holds,
+streams and drops); this module carries it out. A component's blocks come from its module tree: each tensor goes to
 `planner.blocknames.block_of(its name)`, the naming of the safetensors reader, so the executor's blocks are the ones
-`planner simulate --granularity block` reads from a folder (bytes as `components.module_bytes` counts them, which
-also sees the non-persistent buffers). A tensor reached under two blocks' names (tied weights), or a block that is
-not a submodule, goes to REST, which is on the device for every forward of its component.
+`planner simulate --granularity block` reads from a folder (bytes as `modules.module_bytes` counts them, which also
+sees the non-persistent buffers). A tensor reached under two blocks' names (tied weights), or a block that is not a
+submodule, goes to REST, which is on the device for every forward of its component.
 
-Hooks (accelerate `ModelHook`s, as the budget installer's, for the same reasons): every model component has the
-budget installer's own `BudgetHook`, whose action here starts a forward (diffusers calls it for `vae.decode`
-through `apply_forward_hook`, which has no post_forward, so a forward ends when the next one starts or the call
-ends); every block submodule has a `BlockHook` that loads the block before it runs (and, with prefetch, starts
-copying the next streamed block) and drops it after it runs when it streams. The residency follows the script
-(`blocks.forwards`) by counting component forwards within the call; the call ends where the budget installer's
-does (diffusers' `maybe_free_model_hooks`, routed to the handle).
+The residency follows the script by counting component forwards within the call (diffusers calls the component's
+hook for `vae.decode` through `apply_forward_hook`, which has no post_forward, so a forward ends when the next one
+starts or the call ends). When reality differs from the script, the budget still holds: a forward the script has no
+place for (an unpredicted component, a component outside the plan, one more step than planned) holds its
+component's REST and streams its blocks, making room by dropping blocks of other components first, least recently
+used first; a forward the script has a place for first drops whatever the script would not have on the device
+there. Every transfer the script did not plan is labelled. Exclusions stay on the device as whole components.
 
-When reality differs from the script, the budget still holds: a forward the script has no place for (an
-unpredicted component, a component outside the plan, one more step than planned) holds its component's REST and
-streams its blocks, making room by dropping blocks of other components first, least recently used first; a
-forward the script has a place for first drops whatever the script would not have on the device there. Every
-transfer the script did not plan is labelled (`Event.reason`). Exclusions stay on the device as whole components.
-
-Weights move as `budget.Weights` moves them (their `.data` swapped, host copies kept with `keep_host_copy`). On a
-CUDA device, prefetch copies the next streamed block on a side stream from pinned memory (`SideStream`); anywhere
-else (a dry run, a CPU) the same copy is made synchronously at the same point (`Inline`), so the trace is the same.
-Host copies are pinned only for the blocks `planner.budget.host.choose_pinned` picks within the host's spare memory.
+On a CUDA device, prefetch copies the next streamed block on a side stream from pinned memory (`StreamCopier`);
+anywhere else (a dry run, a CPU) the same copy is made synchronously at the same point (`SyncCopier`), so the trace
+is the same. Raises `PlanError` (PLN307) when a block cannot fit within the budget at all.
 """
 
 from __future__ import annotations
@@ -38,49 +32,28 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 import torch
-from accelerate.hooks import ModelHook, add_hook_to_module
 
 from planner.blocknames import REST, block_of, block_order
-from planner.budget import blocks, host
+from planner.budget import blocks, decide, problems
 from planner.budget.blocks import BlockSchedule, Forward
-from planner.budget.solve import solve
-from planner.executor import compat
-from planner.executor.budget import (
-    HOST,
+from planner.executor.hooks import key_of
+from planner.executor.reasons import (
+    AFTER_OFFLOAD_ALL,
     MOVED,
     OFF_SCHEDULE,
+    OUTSIDE,
     OWN_HOOK,
+    PREFETCH_UNUSED,
+    RAN_AGAIN,
+    REPLANNED,
     SWAPPED,
+    UNPLANNED_FORWARD,
     UNPREDICTED,
-    BudgetHook,
-    BudgetInstaller,
-    HostUse,
-    Weights,
-    evict,
-    finish_call,
-    pin_problem,
 )
-from planner.executor.chain import AFTER_OFFLOAD_ALL
-from planner.executor.components import model_components
-from planner.plan import Plan, PlanError, Problem
-from planner.rules import PLN307
-from planner.units import human
-
-# Why a transfer happened, when the script did not plan it (Event.reason); budget's labels too (UNPREDICTED: a
-# planned component ran where the script has no forward of it; OWN_HOOK: a component outside the plan ran).
-UNPLANNED_FORWARD = "forward the schedule did not plan"  # one more forward of the component just run
-RAN_AGAIN = "ran again within its forward"  # a streamed block its forward runs twice (a VAE's per-frame loop)
-OUTSIDE = "ran outside its component's forward"
-PREFETCH_UNUSED = "prefetched, did not run"
-REPLANNED = "component changed: re-planned"
+from planner.executor.weights import HOST, BlockWeights, RestWeights, Weights, evict, finish_call
+from planner.plan import PlanError
 
 
-def key_of(component: str, block: str) -> str:
-    """The trace's name of a block: `unet/down_blocks.0`, `unet/rest`."""
-    return f"{component}/{block}"
-
-
-# -- blocks from the module tree ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Partition:
     """One component's tensors by block: `tensors` block -> its tensors (each tensor in exactly one block), in
@@ -154,117 +127,7 @@ def _outermost(block: str, modules: Mapping[str, torch.nn.Module]) -> str:
     return block
 
 
-# -- before anything changes -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Prepared:
-    """What `prepare` found: every model component's blocks ({block: bytes}), the schedule, the pin choice, and
-    whether host copies are pinned here (`pins`: a CUDA target that torch can reach, not a dry run)."""
-
-    blocks: Mapping[str, Mapping[str, int]]
-    schedule: BlockSchedule
-    pinning: host.Pinning
-    pins: bool
-    host: HostUse
-
-
-def prepare(pipe, plan: Plan, budget: int, target: torch.device, dry_run: bool, at=None) -> Prepared:
-    """The block schedule of `plan` on `pipe` within `budget`, and the host copies to pin. Raises `PlanError`
-    (nothing has changed yet): PLN307 when the budget cannot hold a forward's REST with its largest blocks in
-    flight beside the exclusions (or HiGHS finds no schedule), PLN411 when `pin: true` asks more than the host can
-    spare. `at(key, rule, message, fix)` locates the problem (default `plan.problem`)."""
-    at = at or plan.problem
-    found = {name: partition(module).sizes for name, module in model_components(pipe).items()}
-    model = blocks.model_for(plan, found, budget, granularity="block")
-    problem = _too_small(plan, model, found, at)
-    if problem is not None:
-        raise PlanError([problem])
-    try:
-        schedule = solve(model)
-    except blocks.BlockError as error:
-        raise PlanError([at("budget" if plan.budget is not None else "policy", PLN307, str(error),
-                            "raise the budget")]) from None
-    moved = {key_of(c, b): (model.size((c, b)), schedule.loads((c, b))) for c, b in model.keys}
-    memory = host.read_host_memory()
-    try:  # no host copies kept: nothing to pin, whatever `pin` says
-        pinning = host.choose_pinned(moved, plan.pin if plan.keep_host_copy else "false", memory.spare, host=memory)
-    except host.PinError as error:
-        raise PlanError([pin_problem(plan, error, at)]) from None
-    why = _no_pinning(plan, target, dry_run)
-    pins = why is None
-    note = pinning.note if pins else f"nothing pinned ({why}); pin: {pinning.pin} would pin " \
-                                     f"{human(pinning.pinned_bytes)} of {human(pinning.spare)} the host can spare"
-    return Prepared(MappingProxyType(found), schedule, pinning, pins,
-                    HostUse(pinning.host_bytes, pinning.pinned_bytes if pins else 0, note))
-
-
-def least_budget(model: blocks.Model, found: Mapping[str, Mapping[str, int]], plan: Plan) -> tuple[int, str]:
-    """The least budget the executor needs, and the component that needs it: the schedule's least (`Model.
-    least_budget`), and for every moved component (the plan's, and those outside it) its REST with its largest
-    block beside the exclusions: what a forward the script did not plan holds."""
-    needed, component = model.least_budget()
-    for name, sizes in found.items():
-        if name in plan.exclude:
-            continue
-        need = model.resident_bytes + sizes.get(REST, 0) + max((v for b, v in sizes.items() if b != REST), default=0)
-        if need > needed:
-            needed, component = need, name
-    return needed, component
-
-
-def _too_small(plan: Plan, model: blocks.Model, found, at) -> Problem | None:
-    needed, component = least_budget(model, found, plan)
-    budget = model.budget
-    if needed <= budget:
-        return None
-    source = "" if plan.budget is not None else " (the device's free memory minus reserve)"
-    flight = "two blocks" if model.prefetch else "one block"
-    return at("budget" if plan.budget is not None else "policy", PLN307,
-              f"a budget of {human(budget)} ({budget} bytes){source} is too small for granularity block: "
-              f"{component!r} needs {human(needed)} ({needed} bytes) to run block by block (its parts outside the "
-              f"blocks held, room for {flight} in flight) beside what stays resident",
-              f"raise it to at least {human(needed)} ({needed} bytes)")
-
-
-def _no_pinning(plan: Plan, target: torch.device, dry_run: bool) -> str | None:
-    """Why no host copy is pinned here, or None when the chosen ones are."""
-    if dry_run:
-        return "a dry run moves nothing to a device"
-    if target.type != "cuda":
-        return f"pinned memory speeds up CUDA copies only, not {target.type}"
-    if not torch.cuda.is_available():
-        return "CUDA is not available to torch"
-    if not plan.keep_host_copy:
-        return "keep_host_copy: false keeps no host copies to pin"
-    return None
-
-
-# -- moving blocks -----------------------------------------------------------------------------------------------
-class BlockWeights(Weights):
-    """One block's tensors, moved as `budget.Weights` moves a whole component: found in its submodule when they
-    move (a LoRA adapter loaded into a resident block leaves the device with it), but for those its component's
-    partition gave to REST (`foreign`: tied to a tensor outside the block)."""
-
-    def __init__(self, module: torch.nn.Module, foreign: frozenset[int], pin: bool):
-        super().__init__(module)
-        self.foreign, self.pin = foreign, pin
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in super().tensors() if id(t) not in self.foreign]
-
-
-class RestWeights(Weights):
-    """A component's REST: its tensors outside every block, found when they move."""
-
-    def __init__(self, module: torch.nn.Module, parts: list[BlockWeights], pin: bool):
-        super().__init__(module)
-        self.parts, self.pin = parts, pin
-
-    def tensors(self) -> list[torch.Tensor]:
-        inside = {id(t) for part in self.parts for t in part.tensors()}
-        return [t for t in super().tensors() if id(t) not in inside]
-
-
-class Inline:
+class SyncCopier:
     """Copies made where the caller runs (a dry run, a CPU, a device without streams): a prefetch is the same
     load made at the same point, synchronously."""
 
@@ -276,7 +139,7 @@ class Inline:
         """Nothing to wait for: the copy is done."""
 
 
-class SideStream:
+class StreamCopier:
     """Copies on a CUDA side stream, so that the next block arrives while the current one computes. `copy` runs
     the load with the side stream current (its allocations and copies are ordered there) and returns an event
     recorded after it; every tensor it put on the device is marked as used by the compute stream
@@ -308,48 +171,14 @@ class SideStream:
 
 
 def copier_for(device: torch.device, prefetch: bool):
-    """A `SideStream` where prefetch can overlap (a CUDA device torch reaches), else `Inline`."""
+    """A `StreamCopier` where prefetch can overlap (a CUDA device torch reaches), else `SyncCopier`."""
     if prefetch and device.type == "cuda" and torch.cuda.is_available():
-        return SideStream(device)
-    return Inline()
+        return StreamCopier(device)
+    return SyncCopier()
 
 
-# -- the block hook --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BlockHookConfig:
-    """What a block hook is for: its component, its block and the device its component runs on."""
-
-    component: str
-    block: str
-    execution_device: torch.device
-
-
-class BlockHook(ModelHook):
-    """Around one block's forward: `enter(component, block)` before it (the block made resident, the next
-    streamed one maybe prefetched), `leave(component, block)` after it (a streamed block dropped)."""
-
-    def __init__(self, config: BlockHookConfig, enter, leave):
-        self.config, self.enter, self.leave = config, enter, leave
-
-    @property
-    def execution_device(self) -> torch.device:
-        return self.config.execution_device
-
-    def pre_forward(self, module, *args, **kwargs):
-        self.enter(self.config.component, self.config.block)
-        return args, kwargs
-
-    def post_forward(self, module, output):
-        self.leave(self.config.component, self.config.block)
-        return output
-
-    def __repr__(self) -> str:
-        return f"BlockHook({key_of(self.config.component, self.config.block)!r} on {self.config.execution_device})"
-
-
-# -- the residency ---------------------------------------------------------------------------------------------
 @dataclass
-class _Open:
+class RunningForward:
     """The forward running now: its component, the script's `forward` it follows (None: one the script has no
     place for), the `reason` its off-script loads carry (None while it follows the script), the blocks dropped
     right after they run, those run so far, a prefetched block not run yet, and whether the blocks run in the
@@ -378,24 +207,27 @@ class BlockResidency:
     """What is on one device, block by block, and what moves around each forward (see the module docstring).
     Holds the trace, the modules and the schedule, never the handle or the pipeline."""
 
-    def __init__(self, trace, device: torch.device, budget: int, plan: Plan, prepared: Prepared, copier):
+    def __init__(self, trace, device: torch.device, decision: decide.Decision, asker: problems.Asker,
+                 pinned: frozenset[str], copier):
+        budget, plan = decision.budget, decision.plan
         self.trace, self.device, self.budget, self.plan, self.copier = trace, device, budget, plan, copier
         self.keep_host = plan.keep_host_copy
         self.fixed = frozenset(plan.exclude)
         self.planned = frozenset(plan.sequence) | frozenset(plan.call_order)
         self.prefetch = plan.prefetch
-        self.pinned_keys = frozenset(prepared.pinning.pinned) if prepared.pins else frozenset()
+        self.asker = asker
+        self.pinned_keys = pinned
         self.modules: dict[str, torch.nn.Module] = {}
         self.partitions: dict[str, Partition] = {}
         self.weights: dict[str, Weights] = {}
         self.sizes: dict[str, int] = {}  # trace key -> bytes: blocks as "component/block", exclusions by name
-        self.solved_for = {name: dict(sizes) for name, sizes in prepared.blocks.items()}
-        self._script(prepared.schedule)
+        self.solved_for = {name: dict(sizes) for name, sizes in decision.sizes.items()}
+        self._script(decision.schedule)
         self.on: dict[str, None] = {}  # on the device now, least recently used first
         self.why: dict[str, str | None] = {}  # the reason each block on the device was loaded for
         self.events: dict[str, object] = {}  # prefetched blocks whose copy may still run
         self.order: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}  # blocks as they last ran per forward
-        self.open: _Open | None = None
+        self.open: RunningForward | None = None
         self.outside: set[str] = set()
         self.started: int | None = None
         self.cursor = 0
@@ -437,10 +269,9 @@ class BlockResidency:
         current = {name: self.partitions[name].sizes for name in self.modules}
         if current != self.solved_for:
             self.solved_for = current
-            model = blocks.model_for(self.plan, current, self.budget, granularity="block")
-            try:
-                self._script(solve(model))
-            except blocks.BlockError:  # grown past the budget: every forward streams, as the script has none
+            try:  # the core decides again; grown past the budget, every forward streams, as the script has none
+                self._script(decide.decide(self.plan, current, self.budget, self.asker).schedule)
+            except PlanError:
                 self._script(None)
 
     def _add_component(self, name: str, module, found: Partition) -> None:
@@ -551,7 +382,7 @@ class BlockResidency:
                 self._load(key, reason)
             self._touch(key)
         seen = self.order.get((f.component, f.blocks))
-        self.open = _Open(f.component, f, None, set(f.streamed), ordered=seen is not None)
+        self.open = RunningForward(f.component, f, None, set(f.streamed), ordered=seen is not None)
         self._prefetch(self.open)
 
     def _again(self, name: str) -> None:
@@ -573,7 +404,7 @@ class BlockResidency:
             self._make_room(key, {key}, reason)
             self._load(key, reason)
         self._touch(key)
-        self.open = _Open(name, None, reason)
+        self.open = RunningForward(name, None, reason)
 
     def _close(self) -> None:
         """The open forward is over: an unused prefetched block and its `drop_after` blocks leave the device, and
@@ -642,7 +473,7 @@ class BlockResidency:
         if open is not None and open.component == component and block in open.transient and key in self.on:
             self._evict(key, self.why.get(key))
 
-    def _prefetch(self, open: _Open) -> None:
+    def _prefetch(self, open: RunningForward) -> None:
         """Start copying the next streamed block of a forward that follows the script, in the order its blocks ran
         last time, when one slot is free and the budget has room for it (it always has, by the schedule's bound:
         two streamed blocks in flight)."""
@@ -682,9 +513,7 @@ class BlockResidency:
             excess -= self.sizes[victim]
             self._evict(victim, reason)
         if excess > 0:
-            raise PlanError([self.plan.problem("budget", PLN307, f"{key!r} ({human(size)}) cannot fit within the "
-                                               f"budget of {human(self.budget)} beside what must stay on the device",
-                                               "raise the budget")])
+            raise PlanError([problems.cannot_fit(self.asker, self.budget, repr(key), size)])
 
     def _load(self, key: str, reason: str | None, ahead: bool = False) -> None:
         weights = self.weights[key]
@@ -737,59 +566,10 @@ class BlockResidency:
         for key in [k for k in self.sizes if k in self.on]:
             self._evict(key, reason)
 
-
-# -- the installer ---------------------------------------------------------------------------------------------
-class BlockInstaller(BudgetInstaller):
-    """Installs the budget policy at block granularity: the budget installer's `BudgetHook` on every model
-    component (its action starts a forward) and a `BlockHook` on every block submodule of the moved components,
-    all driving one `BlockResidency`. The pipelines it routes (`hosts`), offload_all and copied_back are the budget
-    installer's."""
-
-    policy = "budget"
-
-    def __init__(self, handle, budget: int, prepared: Prepared):
-        self.handle, self.budget, self.prepared = handle, budget, prepared
-        copier = copier_for(handle.execution_device, handle.plan.prefetch)
-        self.residency = BlockResidency(handle.trace, handle.execution_device, budget, handle.plan, prepared, copier)
-        self.hooks: dict[str, BudgetHook] = {}
-        self.block_hooks: dict[tuple[str, str], BlockHook] = {}
-        self.pinned_bytes = 0
-
-    @property
-    def schedule(self) -> BlockSchedule | None:
-        return self.residency.schedule
-
-    @property
-    def host(self) -> HostUse:
-        """Host bytes held by the moved blocks' host copies, bytes pinned now, and the pin note."""
-        return HostUse(self.prepared.host.held, self.pinned_bytes, self.prepared.host.note)
-
-    def _first(self) -> bool:
-        return not self.residency.modules
-
-    def _synced(self, first: bool) -> None:
-        if first and self.prepared.pins:
-            self.pinned_bytes = self.residency.pin()
-
-    def _hooked(self, name: str) -> None:
-        if name not in self.residency.fixed:
-            self._hook_blocks(name, self.residency.partitions[name])
-
-    def _hook_blocks(self, name: str, found: Partition) -> None:
-        residency, device = self.residency, self.handle.execution_device
-        for block, sub in found.modules.items():
-            hook = self.block_hooks.get((name, block))
-            if hook is None:
-                hook = self.block_hooks[(name, block)] = BlockHook(BlockHookConfig(name, block, device),
-                                                                   residency.enter, residency.leave)
-            if compat.hook_of(sub) is not hook:
-                add_hook_to_module(sub, hook)
-
     def release(self) -> None:
-        """Before the handle gives the modules back: every block off the device, the pinned host copies back in
-        pageable memory."""
-        self.residency.offload_all(None)
-        self.residency.unpin()
-        for weights in self.residency.weights.values():  # and those a later load pinned (a block re-partitioned)
+        """Before the modules are given back: every block off the device, the pinned host copies back in pageable
+        memory (those a later load pinned too: a block re-partitioned)."""
+        self.offload_all(None)
+        self.unpin()
+        for weights in self.weights.values():
             weights.unpin()
-        self.pinned_bytes = 0
