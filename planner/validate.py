@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from planner import loader, units
+from planner import loader, planfile, units
 from planner.loader import Document
 from planner.plan import Plan, PlanError, Problem
 from planner.rules import device, graph, pipeline, policy, schema
@@ -28,7 +28,7 @@ def check(path: str | Path, overrides: Mapping[str, object] | None = None) -> li
     doc = _document(path)
     if isinstance(doc, list):
         return doc
-    checked = _Checked(doc, overrides)
+    checked = _RulesRun(doc, overrides)
     checked.against_index()
     return checked.problems()
 
@@ -48,7 +48,7 @@ def load_plan(path: str | Path, overrides: Mapping[str, object] | None = None) -
 def check_document(doc: Document, overrides: Mapping[str, object] | None = None) -> tuple[Plan | None, list[Problem]]:
     """The loaded document's `Plan` (None when any of its problems is an error) and its problems, in source order:
     the file's own rules (schema, device, graph), not the pipeline class's."""
-    checked = _Checked(doc, overrides)
+    checked = _RulesRun(doc, overrides)
     return checked.plan(), checked.problems()
 
 
@@ -56,12 +56,12 @@ def _document(path) -> Document | list[Problem]:
     """The plan file at `path` loaded, or the PLN000 problem of a path that cannot be read."""
     path = os.fsdecode(path)
     try:
-        return loader.load(loader.read_plan_bytes(path), path)
+        return loader.load(planfile.read_plan_bytes(path), path)
     except PlanError as exc:
         return exc.problems
 
 
-class _Checked:
+class _RulesRun:
     """A document through the file's own rules: the names, edges, exclusions and sequence they found."""
 
     def __init__(self, doc: Document, overrides: Mapping[str, object] | None):

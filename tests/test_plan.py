@@ -7,8 +7,8 @@ import pytest
 from conftest import DATA
 
 import planner
-from planner.loader import MAX_PLAN_BYTES, read_plan_bytes
 from planner.plan import Problem
+from planner.planfile import MAX_PLAN_BYTES, read_plan_bytes
 
 
 def test_plan_is_frozen_and_compares_by_value():

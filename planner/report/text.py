@@ -14,8 +14,8 @@ import os
 import re
 import stat
 
-from planner.loader import read_bounded
 from planner.plan import Problem
+from planner.planfile import read_bounded
 from planner.report.common import (
     LEGACY_COMMAND,
     MAX_PROBLEMS_PER_FILE,
