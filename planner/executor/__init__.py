@@ -9,9 +9,7 @@ import importlib.util
 __all__ = ["AppliedPlan", "apply"]
 
 
-class CompatError(RuntimeError):
-    """The installed diffusers or accelerate moved an attribute the executor relies on (`compat.self_check`).
-    Defined here, without torch, so that the CLI can catch it before anything is imported."""
+from planner.executor.errors import CompatError  # noqa: F401 - the CLI catches it from here, before torch loads
 
 # What the `apply` extra installs, as module name -> distribution name.
 APPLY_EXTRA = {"torch": "torch", "accelerate": "accelerate", "diffusers": "diffusers", "transformers": "transformers",

@@ -33,9 +33,10 @@ from accelerate.hooks import remove_hook_from_module
 from planner.budget import decide
 from planner.budget.problems import Asker
 from planner.executor import compat, devices
-from planner.executor.budget import block_sizes, budget_for
+from planner.executor.budget import BlockInstaller, ComponentInstaller, block_sizes, budget_for
+from planner.executor.chain import ChainInstaller
 from planner.executor.checks import group_hooks_near_the_top, is_model_offload, preflight
-from planner.executor.installer import InstallContext, installer_for
+from planner.executor.installer import InstallContext, Installer
 from planner.executor.modules import device_of, model_components, module_bytes
 from planner.executor.shadows import MISSING as _MISSING
 from planner.plan import Plan, PlanError, Problem
@@ -129,6 +130,17 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
         raise
     _applied[pipe] = weakref.ref(handle)
     return handle
+
+
+def installer_for(context: InstallContext, decision=None, asker=None, calls: int | None = None) -> Installer:
+    """The installer of the plan's (policy, granularity): diffusers' chain, or the budget policy's `Decision`
+    (`planner.budget.decide`) carried out on whole components (planned for `calls` calls) or block by block;
+    `asker` words the problems a running policy meets."""
+    kinds = {("chain", "component"): lambda: ChainInstaller(context),
+             ("budget", "component"): lambda: ComponentInstaller(context, decision, asker, calls),
+             ("budget", "block"): lambda: BlockInstaller(context, decision, asker)}
+    plan = context.plan
+    return kinds[(plan.policy, plan.granularity if plan.policy == "budget" else "component")]()
 
 
 class AppliedPlan:

@@ -20,7 +20,7 @@ import accelerate.hooks
 import torch
 from accelerate.hooks import CpuOffload, ModelHook, UserCpuOffloadHook, add_hook_to_module, remove_hook_from_module
 
-from planner.executor import CompatError
+from planner.executor.errors import CompatError
 
 # -- the pipeline's attributes -----------------------------------------------------------------------------------
 SEQUENCE = "model_cpu_offload_seq"  # the chain diffusers' enable_model_cpu_offload hooks

@@ -1,5 +1,5 @@
-"""The protocol every installer speaks with the handle, what the handle gives it, and which installer carries out
-which (policy, granularity).
+"""The protocol every installer speaks with the handle, and what the handle gives it (the handle chooses the installer
+by (policy, granularity): `applied.installer_for`).
 
 An installer puts one policy on a pipeline and keeps it there: `shadows()` names the pipeline objects the plan
 shadows while it is applied; `install(modules, ending)` puts its hooks on the model components as they are now
@@ -49,16 +49,3 @@ class Installer(Protocol):
     def offload_all(self) -> None: ...
 
     def release(self) -> None: ...
-
-
-def installer_for(context: InstallContext, decision=None, asker=None, calls: int | None = None) -> Installer:
-    """The installer of the plan's (policy, granularity): diffusers' chain, or the budget policy's `Decision`
-    (`planner.budget.decide`) carried out on whole components (planned for `calls` calls) or block by block;
-    `asker` words the problems a running policy meets."""
-    from planner.executor import budget, chain
-
-    kinds = {("chain", "component"): lambda: chain.ChainInstaller(context),
-             ("budget", "component"): lambda: budget.ComponentInstaller(context, decision, asker, calls),
-             ("budget", "block"): lambda: budget.BlockInstaller(context, decision, asker)}
-    plan = context.plan
-    return kinds[(plan.policy, plan.granularity if plan.policy == "budget" else "component")]()
