@@ -499,10 +499,10 @@ def _apply(args, parser) -> int:
         problem = value and _clobbers(value, [args.plan, args.image], folders)
         if problem:
             _usage(parser, "apply", f"{flag}: {problem}")
-    from planner.executor import CompatError, generate  # no torch: run() checks the source folder before it does
+    from planner.executor import CompatError, run  # no torch: run() checks the source folder before it does
 
     try:
-        report = generate.run(plan, generate.Request.from_args(args, progress=_progress(args)))
+        report = run.run(plan, run.Request.from_args(args, progress=_progress(args)))
     except PlanError as exc:
         return _fail(exc.problems)
     except CompatError as exc:  # the installed diffusers/accelerate moved what the executor reads
@@ -520,14 +520,14 @@ def _apply(args, parser) -> int:
 def _tiny(args, parser) -> int:
     _require_apply_extra(parser, "tiny")
     from planner import tiny
-    from planner.executor import generate
+    from planner.executor import run
 
     if not args.folder or not tiny.built(args.kind, args.folder):  # "" would name the working folder
         problem = _folder_problem(args.folder) or tiny.folder_problem(args.folder)
         if problem:
             _usage(parser, "tiny", problem)
     try:
-        with generate.console(_progress(args)):
+        with run.console(_progress(args)):
             folder = tiny.build(args.kind, args.folder)
     except (tiny.FolderInUse, tiny.Unavailable) as exc:  # filled between the check and the build; an old diffusers
         _usage(parser, "tiny", str(exc))
@@ -686,12 +686,13 @@ def _folder_table(args, plan, parser):
 
     source = args.model
     if source is None:
-        from planner.executor import generate  # its source checks import no torch
+        from planner.executor import run  # its source checks import no torch
+        from planner.executor import source as sources
 
         if plan.pipeline_source is None:
             _usage(parser, "simulate", "no sizes: pass --sizes NAME=SIZE,... or --model FOLDER (the plan names no "
                    "pipeline.source to read them from)")
-        located = generate.locate_source(plan, generate.Request())
+        located = sources.locate_source(plan, run.Request())
         if located.folder_class is None:
             _usage(parser, "simulate", f"the plan's source {located.name!r} is a hub id: pass --model "
                    f"{located.name} to read its sizes from the hub's safetensors headers, or --sizes")

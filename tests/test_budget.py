@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from test_applied import attributes, state, warmed  # noqa: E402
 
 from planner.executor import budget as budget_mod  # noqa: E402
-from planner.executor.generate import Request, _call_kwargs  # noqa: E402
+from planner.executor.run import Request, _call_kwargs  # noqa: E402
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
