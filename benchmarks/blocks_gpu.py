@@ -23,7 +23,7 @@ Each configuration makes one warm-up image, then `--images` timed ones (the medi
 (out of memory, an executor error) is reported as failed and the run goes on.
 
 The time model gets the blocks' bytes from the pipeline's own modules as the executor groups them
-(`planner.executor.blockwise.partition`), the schedule `planner.solve_mod.solve` makes for the plan, the measured
+(`planner.executor.blocks.partition`), the schedule `planner.budget.solve.solve` makes for the plan, the measured
 bandwidths (moved blocks pinned) and the measured per-block time, applied to every block alike (`timing` takes
 one figure: encoder layers are far cheaper than denoiser blocks, so the model's compute over-counts the encoders).
 It prints two predictions: the model's own (compute + exposed transfer) and the measured no-offload time plus the
@@ -249,7 +249,7 @@ def _configurations(spec: Spec, folder: Path, plan_path: Path, budget_text: str,
     from planner import apply
 
     pipe = spec.build(folder, build_device(spec))
-    from planner.executor.blockwise import partition  # the blocks as the executor groups them
+    from planner.executor.blocks import partition  # the blocks as the executor groups them
 
     sizes = {name: dict(partition(getattr(pipe, name)).sizes) for name in spec.components}
     weights = sum(sum(b.values()) for b in sizes.values())

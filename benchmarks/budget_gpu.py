@@ -93,7 +93,7 @@ def main() -> None:
     import diffusers
 
     import planner
-    from planner.executor.components import module_bytes
+    from planner.executor.modules import module_bytes
 
     torch.set_num_threads(min(16, torch.get_num_threads()))
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, diffusers {diffusers.__version__}, "

@@ -16,7 +16,7 @@ mapfile -t pinned < <(python3 scripts/floors.py)
 echo "floors: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
   | grep -iE '^(pyyaml|jsonschema|networkx|scipy|accelerate|diffusers|transformers|peft|torch)==' | tr '\n' ' ')"
 HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_applied.py tests/test_budget.py tests/test_compat.py tests/test_generate.py tests/test_tiny.py \
+  tests/test_applied.py tests/test_budget.py tests/test_compat.py tests/test_run.py tests/test_tiny.py \
   tests/test_blocks.py \
   tests/test_devices.py tests/test_rules.py \
   tests/test_loader.py tests/test_plan.py

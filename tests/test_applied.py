@@ -876,7 +876,8 @@ def test_an_excluded_components_round_trip_is_labelled(tiny_pipelines, tmp_path)
 
 
 def test_summary_lists_components_in_running_order_and_the_events(tiny_pipelines, tmp_path):
-    from planner.executor.generate import Request, summary
+    from planner.executor.run import Request
+    from planner.executor.summary import summary
 
     pipe = load(tiny_pipelines["controlnet"])
     plan = write_plan(tmp_path, ["unet", "vae", "text_encoder"])  # controlnet outside the plan: its own hook

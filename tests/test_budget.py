@@ -25,7 +25,7 @@ from planner.budget import decide  # noqa: E402
 from planner.budget.problems import Asker  # noqa: E402
 from planner.executor import budget as exec_budget  # noqa: E402
 from planner.executor import reasons, residency  # noqa: E402
-from planner.executor.generate import Request, _call_kwargs  # noqa: E402
+from planner.executor.run import Request, _call_kwargs  # noqa: E402
 
 
 # -- helpers --------------------------------------------------------------------------------------------------

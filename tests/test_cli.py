@@ -201,12 +201,12 @@ def test_gpu_id_out_of_range_goes_through_the_plan_rules(value, rule, capsys):
 def no_run(monkeypatch):
     """Fail the test if `apply` gets as far as running (loading, generating) or `tiny` as far as building."""
     from planner import tiny
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     def refuse(*args, **kwargs):
         raise AssertionError("the checks let a run start")
 
-    monkeypatch.setattr(generate, "run", refuse)
+    monkeypatch.setattr(executor_run, "run", refuse)
     monkeypatch.setattr(tiny, "build", refuse)
 
 
@@ -409,12 +409,12 @@ def test_one_missing_dependency_is_named(monkeypatch, capsys):
 
 
 def test_a_dependency_that_fails_to_import_names_the_extra(monkeypatch, capsys, tmp_path):
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     def broken(plan, request):
         raise ModuleNotFoundError("No module named 'accelerate.hooks'", name="accelerate.hooks")
 
-    monkeypatch.setattr(generate, "run", broken)
+    monkeypatch.setattr(executor_run, "run", broken)
     err = usage_error(capsys, "apply", EXAMPLE, "--dry-run")
     assert err.startswith("planner apply: error: cannot import accelerate.hooks") and "offload-planner[apply]" in err
 
@@ -443,12 +443,12 @@ def test_head_in_a_real_shell_pipeline_sees_the_first_line_and_no_error():
 
 
 def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     def interrupted(plan, request):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate, "run", interrupted)
+    monkeypatch.setattr(executor_run, "run", interrupted)
     code, out, err = run(capsys, "apply", str(EXAMPLE), "--dry-run")
     assert (code, out, err) == (130, "", "planner: interrupted\n")
 
@@ -457,7 +457,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
 @pytest.fixture
 def requests(monkeypatch):
     """The `Request`s apply passes to the executor (which is not run)."""
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     seen = []
 
@@ -465,7 +465,7 @@ def requests(monkeypatch):
         seen.append(request)
         return ""
 
-    monkeypatch.setattr(generate, "run", capture)
+    monkeypatch.setattr(executor_run, "run", capture)
     return seen
 
 
@@ -746,10 +746,10 @@ def test_apply_dtype_and_variant_go_through_the_plan_rules_before_torch(tmp_path
 @pytest.fixture
 def runs(monkeypatch):
     """The (plan, request) pairs apply passes to the executor (which is not run)."""
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     seen = []
-    monkeypatch.setattr(generate, "run", lambda plan, request: seen.append((plan, request)) or "")
+    monkeypatch.setattr(executor_run, "run", lambda plan, request: seen.append((plan, request)) or "")
     return seen
 
 

@@ -106,9 +106,9 @@ def test_apply_stops_before_touching_the_pipeline_and_the_cli_says_it_in_one_lin
     with pytest.raises(CompatError, match="DiffusionPipeline._exclude_from_cpu_offload: is gone"):
         planner.apply(pipe, planner.load_plan(plan), dry_run=True)
     assert {k: id(v) for k, v in pipe.__dict__.items()} == before and not hasattr(pipe.unet, "_hf_hook")
-    from planner.executor import generate
+    from planner.executor import source as sources
 
-    monkeypatch.setattr(generate, "load_pipeline", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
+    monkeypatch.setattr(sources, "load_pipeline", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
     capsys.readouterr()
     code = main(["apply", str(plan), "--source", str(tiny_pipelines["sd"]), "--dry-run", "--quiet"])
     err = capsys.readouterr().err

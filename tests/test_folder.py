@@ -751,7 +751,8 @@ def test_inspect_equals_the_executor_trace_for_every_tiny_pipeline(kind, as_plan
     plans load it (`planner apply --dtype --variant`) and as from_pretrained loads it given nothing."""
     from planner import tiny
     from planner.cli import main
-    from planner.executor import applied, generate
+    from planner.executor import applied
+    from planner.executor import source as sources
     from planner.validate import load_plan
 
     spec = tiny.KINDS[kind]
@@ -767,7 +768,7 @@ def test_inspect_equals_the_executor_trace_for_every_tiny_pipeline(kind, as_plan
     path.write_text(f"version: 1\npipeline: {{source: {folder}}}\ndevice: cuda\ncomponents: [{', '.join(inspected)}]\n")
     overrides = {f"pipeline.{key}": value for key, value in (("torch_dtype", dtype), ("variant", variant)) if value}
     plan = load_plan(path, overrides)
-    pipe = generate.load_pipeline(plan)
+    pipe = sources.load_pipeline(plan)
     with applied.apply(pipe, plan, dry_run=True) as handle:
         moved = dict(handle.trace.sizes)
     assert set(moved) == set(inspected)

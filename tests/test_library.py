@@ -161,7 +161,7 @@ def test_call_order_is_the_order_planner_apply_runs_the_components(plan, kind, t
 
     from planner import tiny
     from planner.cli import main
-    from planner.executor import generate
+    from planner.executor import source as sources
 
     if kind == "wan-i2v":
         pytest.importorskip("ftfy", reason="WanImageToVideoPipeline needs ftfy to clean its prompts")
@@ -170,7 +170,7 @@ def test_call_order_is_the_order_planner_apply_runs_the_components(plan, kind, t
     Image.new("RGB", (64, 64), (120, 30, 200)).save(image)
     log: list[str] = []
     pipes = []
-    load = generate.load_pipeline
+    load = sources.load_pipeline
 
     def load_and_record(*args, **kwargs):
         pipe = load(*args, **kwargs)
@@ -178,7 +178,7 @@ def test_call_order_is_the_order_planner_apply_runs_the_components(plan, kind, t
         pipes.append(pipe)
         return pipe
 
-    monkeypatch.setattr(generate, "load_pipeline", load_and_record)
+    monkeypatch.setattr(sources, "load_pipeline", load_and_record)
     spec = tiny.KINDS[kind]
     argv = ["apply", str(ROOT / "plans" / f"{plan}.yaml"), "--source", str(folder), "--dry-run", "--quiet",
             *(["--image", str(image)] if spec.image else []), *spec.call_args]

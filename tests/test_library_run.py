@@ -123,12 +123,13 @@ def test_library_plan_hooks_equal_diffusers_own(plan, kind, tiny_builds, monkeyp
     """The plan's hooks on its tiny build, loaded as the plan loads it, are exactly the ones diffusers'
     `enable_model_cpu_offload(device="cuda")` puts on the same pipeline (torch is told it has cuda devices)."""
     import planner
-    from planner.executor import devices, generate
+    from planner.executor import devices
+    from planner.executor import source as sources
     from planner.validate import load_plan
 
     monkeypatch.setattr(devices, "count", lambda kind: 1 if kind == "cuda" else 0)
     library_plan = load_plan(ROOT / "plans" / f"{plan}.yaml")
-    pipe = generate.load_pipeline(library_plan, str(tiny_builds[kind]))
+    pipe = sources.load_pipeline(library_plan, str(tiny_builds[kind]))
     with planner.apply(pipe, library_plan):
         ours = hooks_of(pipe)
     pipe.enable_model_cpu_offload(device="cuda")  # the handle put the pipeline back exactly as it was

@@ -340,11 +340,11 @@ def test_validate_escapes_a_hostile_file_name_end_to_end(tmp_path, capsys, monke
 
 
 def test_validate_exits_0_with_warnings_only(tmp_path, capsys, monkeypatch):
-    import planner.cli as cli
+    import planner.cli.validate as cli_validate
 
     plan = tmp_path / "p.yaml"
     plan.write_text("x")
-    monkeypatch.setattr(cli, "check", lambda path: [Problem(path, 1, 1, "PLN505", "odd", "", "warning")])
+    monkeypatch.setattr(cli_validate, "check", lambda path: [Problem(path, 1, 1, "PLN505", "odd", "", "warning")])
     assert main(["validate", str(plan)]) == 0
     assert "warning: PLN505 odd" in capsys.readouterr().out
 

@@ -25,11 +25,11 @@ GOOD = sorted((DATA / "good").glob("*.yaml"))
 # pipeline disagrees at apply time (PLN3xx), a model folder is damaged (PLN4xx). Every other rule needs a corpus case.
 PROVEN_ELSEWHERE = {
     "PLN000": "tests/test_plan.py::test_load_plan_raises_plan_error_for_an_unreadable_path",
-    "PLN301": "tests/test_generate.py::test_plan_pipeline_mismatch_is_located",
+    "PLN301": "tests/test_run.py::test_plan_pipeline_mismatch_is_located",
     "PLN302": "tests/test_applied.py::test_pipeline_already_mapped_or_offloaded_is_rejected",
-    "PLN303": "tests/test_generate.py::test_no_accelerator_without_dry_run",
-    "PLN304": "tests/test_generate.py::test_missing_folder_is_one_line",
-    "PLN305": "tests/test_generate.py::test_failing_call_is_one_line",
+    "PLN303": "tests/test_run.py::test_no_accelerator_without_dry_run",
+    "PLN304": "tests/test_run.py::test_missing_folder_is_one_line",
+    "PLN305": "tests/test_run.py::test_failing_call_is_one_line",
     "PLN306": "tests/test_scaffold.py::test_a_plan_without_pipes_on_a_connected_pipeline_is_refused_unchanged",
     "PLN307": "tests/test_budget.py::test_a_dry_run_needs_a_budget",
     "PLN401": "tests/test_folder.py::test_a_folder_that_is_not_a_pipeline_is_pln401",

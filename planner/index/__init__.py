@@ -1,6 +1,6 @@
 """The shipped index of diffusers pipeline classes, read with json alone (no torch, no diffusers import).
 
-`planner/data/pipelines.json` is written by `python -m planner.index.generate` from an installed diffusers; this
+`planner/data/pipelines.json` is written by `python scripts/generate_index.py` from an installed diffusers; this
 module parses it once per process (`load()`) and answers lookups with frozen records, built on first `get`.
 
 The file: {"format": 1, "diffusers_version": "0.42.1", "transformers_version": "5.24.0", "pipelines": {class:
@@ -137,7 +137,7 @@ class Index:
         """Wrap a parsed index file; raises ValueError for another format."""
         if data.get("format") != FORMAT:
             raise ValueError(
-                f"pipeline index format {data.get('format')!r} is not {FORMAT}: run python -m planner.index.generate"
+                f"pipeline index format {data.get('format')!r} is not {FORMAT}: run python scripts/generate_index.py"
             )
         self.diffusers_version: str = data["diffusers_version"]
         self.transformers_version: str | None = data.get("transformers_version")

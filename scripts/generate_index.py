@@ -1,6 +1,6 @@
 """Regenerate the shipped index of diffusers pipeline classes (`planner/data/pipelines.json`).
 
-    python -m planner.index.generate [--out PATH] [--check]
+    python scripts/generate_index.py [--out PATH] [--check]
 
 Walks every name the installed diffusers exports, keeps the subclasses of `DiffusionPipeline` and records what
 `enable_model_cpu_offload` will do with each: the class attributes as written, the components with their declared
@@ -25,9 +25,13 @@ import types
 import typing
 from pathlib import Path
 
-from planner.index import FORMAT
+ROOT = Path(__file__).resolve().parent.parent  # the repository: its own `planner` is imported, whatever is installed
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "pipelines.json"
+from planner.index import FORMAT  # noqa: E402
+
+DEFAULT_OUT = ROOT / "planner" / "data" / "pipelines.json"
 
 _CLASS_HEADER = re.compile(r"^class\s+(\w+)\s*\(([^)]*)\)\s*:", re.MULTILINE)
 
@@ -407,7 +411,7 @@ def drift(old: dict, new: dict) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     """Regenerate the index into --out (default: the shipped file); with --check, compare instead and exit 1 on
     any difference, printing each."""
-    parser = argparse.ArgumentParser(prog="python -m planner.index.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python scripts/generate_index.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where to write (default: {DEFAULT_OUT})")
     parser.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
     args = parser.parse_args(argv)

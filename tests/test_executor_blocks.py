@@ -1,4 +1,4 @@
-"""The budget policy at granularity block (planner.executor.blockwise) on real tiny pipelines, dry run: per call the
+"""The budget policy at granularity block (planner.executor.blocks) on real tiny pipelines, dry run: per call the
 trace moves exactly the bytes of the block schedule (`planner.budget.blocks`), block by block; what is on the device
 never passes the budget (the trace, and a probe that looks at the tensors themselves); images equal a run without the
 plan; reality other than the script (more or fewer steps, a component outside the plan) keeps the budget and is

@@ -246,10 +246,10 @@ def test_ctrl_c_during_the_load_exits_130(tiny_pipelines, monkeypatch, capsys):
 
 def test_ctrl_c_during_a_call_exits_130_and_removes_the_plan(tiny_pipelines, monkeypatch, capsys):
     from planner.executor import applied as applied_module
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     handles = []
-    real_apply, real_kwargs = applied_module.apply, generate._call_kwargs
+    real_apply, real_kwargs = applied_module.apply, executor_run._call_kwargs
 
     def apply(*args, **kwargs):
         handles.append(real_apply(*args, **kwargs))
@@ -259,7 +259,7 @@ def test_ctrl_c_during_a_call_exits_130_and_removes_the_plan(tiny_pipelines, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(applied_module, "apply", apply)
-    monkeypatch.setattr(generate, "_call_kwargs",
+    monkeypatch.setattr(executor_run, "_call_kwargs",
                         lambda pipe, request: {**real_kwargs(pipe, request), "callback_on_step_end": interrupt_at_step})
     code, out, err = run(capsys, "apply", EXAMPLE, "--source", tiny_pipelines["sd"], "--dry-run")
     assert (code, out, err) == (130, "", "planner: interrupted\n")
@@ -313,7 +313,7 @@ def test_a_real_ctrl_c_exits_130_with_one_line(tiny_pipelines, after):
 def test_a_ctrl_c_lost_in_a_finalizer_stops_the_calls_at_the_next_one(capsys):
     """Ctrl-C landing while a `__del__` runs is swallowed by Python ("Exception ignored"): the run must still stop,
     at the next call, with no traceback printed."""
-    from planner.executor import generate
+    from planner.executor import run as executor_run
 
     class Dies:
         def __del__(self):
@@ -331,7 +331,7 @@ def test_a_ctrl_c_lost_in_a_finalizer_stops_the_calls_at_the_next_one(capsys):
                 Dies()  # the interrupt lands in a finalizer during the second call
             return type("Output", (), {"images": []})()
 
-    request = generate.Request(calls=5)
+    request = executor_run.Request(calls=5)
     with pytest.raises(KeyboardInterrupt):
-        generate._generate(Applied(), request)
+        executor_run._generate(Applied(), request)
     assert len(calls) == 2 and "Exception ignored" not in capsys.readouterr().err
