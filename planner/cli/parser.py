@@ -149,20 +149,20 @@ def parser() -> argparse.ArgumentParser:
     simulate.add_argument("--format", default="text", choices=["text", "json"])
     simulate.add_argument("--plot", metavar="IMAGE", help="draw the residency timeline (chain and budget) here; "
                           "needs the plot extra (matplotlib); granularity component only")
-    blockwise = simulate.add_argument_group("granularity block", "block-granular residency (planner.budget.blocks): "
+    block_flags = simulate.add_argument_group("granularity block", "block-granular residency (planner.budget.blocks): "
                                             "sizes per block from --model or the plan's source; one steady call")
-    blockwise.add_argument("--granularity", choices=["component", "block"],
+    block_flags.add_argument("--granularity", choices=["component", "block"],
                            help="what the budget policy moves (default: the plan's granularity)")
-    blockwise.add_argument("--steps", type=_steps, metavar="N", help="denoising steps per call: the denoiser runs "
+    block_flags.add_argument("--steps", type=_steps, metavar="N", help="denoising steps per call: the denoiser runs "
                            "once per step (default: the plan's steps, else 1)")
-    blockwise.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
+    block_flags.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                            help="room for the next streamed block in flight (default: the plan's prefetch, true)")
-    blockwise.add_argument("--bandwidth", type=_bandwidth, metavar="PINNED[,PAGEABLE]",
+    block_flags.add_argument("--bandwidth", type=_bandwidth, metavar="PINNED[,PAGEABLE]",
                            help="host-to-device GB/s from pinned and from pageable memory (default: 24,12; one "
                            "figure: pageable is half of it)")
-    blockwise.add_argument("--block-ms", type=_block_ms, metavar="MS",
+    block_flags.add_argument("--block-ms", type=_block_ms, metavar="MS",
                            help="compute time of one block in milliseconds, for how much prefetch hides (default: 0)")
-    blockwise.add_argument("--host-spare", type=_size, metavar="SIZE",
+    block_flags.add_argument("--host-spare", type=_size, metavar="SIZE",
                            help="host memory pinning may take (default: what this host can spare, its container's "
                            "limit included)")
     simulate.set_defaults(run=simulate_commands.simulate)

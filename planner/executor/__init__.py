@@ -1,6 +1,6 @@
 """The only part of offload-planner that imports torch, accelerate and diffusers.
 
-`apply` and `AppliedPlan` load torch on first use, so that light modules here (`generate`'s checks)
+`apply` and `AppliedPlan` load torch on first use, so that light modules here (`source`'s checks)
 can be used by the CLI before it, and `missing()` can say what to install without importing anything.
 """
 
