@@ -31,3 +31,22 @@ def _is_index(part: str) -> bool:
 def block_order(block: str) -> list:
     """The sort key of a block name: its indices as numbers (`blocks.10` after `blocks.9`), names as text."""
     return [(0, int(p), "") if _is_index(p) else (1, 0, p) for p in block.split(".")]
+
+
+def piece_of(name: str, splits: frozenset[str] | set[str] = frozenset()) -> str:
+    """The piece a tensor belongs to when the pieces in `splits` are split (blocks inside blocks): its block
+    (`block_of`), and while that piece is split, the piece below it: the relative name's repeated block
+    (`up_blocks.0` -> `up_blocks.0.attentions.0`), else its first submodule (`...transformer_blocks.0.attn1`); a
+    tensor directly in a split piece (`...norm.weight` with `...norm` split) belongs to REST. With no splits, the
+    same as `block_of`."""
+    piece = block_of(name)
+    while piece != REST and piece in splits:
+        relative = name[len(piece) + 1:]
+        inner = block_of(relative)
+        if inner == REST:
+            head, dot, _ = relative.partition(".")
+            if not dot:
+                return REST
+            inner = head
+        piece = f"{piece}.{inner}"
+    return piece

@@ -99,6 +99,9 @@ class Model:
     # where the call's denoising starts among `uses` (an autoencoder encodes before it, decodes after it), when the
     # denoiser is not among them (an excluded one); None: at the first denoiser use, else after the last use
     denoised_at: int | None = None
+    # the relative gap HiGHS may stop at (0: proven optimal); nested pieces (`planner.budget.nesting`) tie within
+    # HiGHS's tolerances, where a gap of 0 cannot be proven in time
+    gap: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", MappingProxyType({c: MappingProxyType(dict(b))

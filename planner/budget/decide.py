@@ -12,12 +12,14 @@ from typing import Mapping
 
 from planner.blocknames import REST
 from planner.budget import blocks as block_model
-from planner.budget import components, host, problems
+from planner.budget import components, host, nesting, problems
 from planner.budget.problems import Asker
 from planner.plan import Plan, PlanError
 
 HORIZON = 4  # calls a component schedule is planned for when the caller does not say how many
 DEFAULT_RESERVE = 2 << 30  # headroom for activations when the budget comes from the free memory and no reserve
+NESTED_IN_FLIGHT = 0.1  # split blocks are split further until the pieces in flight take at most this share of room
+NESTED_GAP = 1e-6  # the relative gap a schedule over nested pieces is proven within (`blocks.Model.gap`)
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,14 @@ class Least:
     size: int = 0
     resident: int = 0
     in_flight: int | None = None
+    piece: str | None = None  # block by block, split as far as it goes: its largest piece, which cannot be split
+    piece_size: int = 0
 
     def problem(self, asker: Asker, budget: int):
         if self.in_flight is None:
             return problems.components_too_small(asker, budget, self.needed, self.component, self.size, self.resident)
-        return problems.blocks_too_small(asker, budget, self.needed, self.component or "", self.in_flight)
+        return problems.blocks_too_small(asker, budget, self.needed, self.component or "", self.in_flight,
+                                         self.piece, self.piece_size)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class Decision:
     budget: int
     schedule: object
     pinning: host.Pinning
+    nesting: nesting.Nesting | None = None  # block by block: the pieces split for the budget (None: none asked)
+
+    @property
+    def splits(self) -> Mapping[str, frozenset[str]]:
+        """The pieces split per component (`nesting.Nesting.splits`); empty: today's blocks."""
+        return self.nesting.splits if self.nesting is not None else {}
 
 
 def device_budget(plan: Plan, free: int | None, *, dry_run: bool, device_type: str, at=None) -> int:
@@ -101,26 +112,57 @@ def check_components(plan: Plan, sizes: Mapping[str, int], budget: int, asker: A
         raise PlanError([least.problem(asker, budget)])
 
 
+def nest(plan: Plan, blocks_for: nesting.Pieces, components, budget: int, *, steps: int | None = None,
+         prefetch: bool | None = None) -> nesting.Nesting:
+    """Blocks inside blocks: the fewest splits of `components`' blocks (`blocks_for(component, splits)` gives the
+    pieces) that bring the least budget (`least_blocks`) within `budget` (`nesting.choose`)."""
+    def least(found):
+        got = least_blocks(plan, found, block_model_for(plan, found, budget, steps=steps, prefetch=prefetch))
+        return got.needed, got.component
+
+    chosen = nesting.choose(blocks_for, components, least, budget)
+    if not chosen.nested or chosen.needed > budget:
+        return chosen
+    model = block_model_for(plan, chosen.blocks, budget, steps=steps, prefetch=prefetch)
+    largest = int(max(model.room, 0) * NESTED_IN_FLIGHT) // model.in_flight
+    return nesting.refine(blocks_for, chosen, largest)  # finer where pieces in flight take much room
+
+
 def check_blocks(plan: Plan, blocks: Mapping[str, Mapping[str, int]], budget: int, asker: Asker, *,
-                 steps: int | None = None, prefetch: bool | None = None) -> block_model.Model:
-    """The block model, or PlanError when `budget` is below the least any block schedule needs (`least_blocks`)."""
+                 steps: int | None = None, prefetch: bool | None = None,
+                 nested: nesting.Nesting | None = None) -> block_model.Model:
+    """The block model, or PlanError when `budget` is below the least any block schedule needs (`least_blocks`);
+    with `nested` (the split `nest` chose, `blocks` its pieces), the problem names the piece that bounds it."""
     model = block_model_for(plan, blocks, budget, steps=steps, prefetch=prefetch)
+    if nested is not None and nested.nested:
+        model = replace(model, gap=NESTED_GAP)
     least = least_blocks(plan, blocks, model)
     if least.needed > budget:
+        if nested is not None and nested.nested and least.component in blocks:
+            sizes = blocks[least.component]
+            piece = max((b for b in sizes if b != REST), key=lambda b: (sizes[b], b), default=None)
+            if piece is not None:
+                least = replace(least, piece=piece, piece_size=sizes[piece])
         raise PlanError([least.problem(asker, budget)])
     return model
 
 
 def decide(plan: Plan, sizes: Mapping[str, int] | Mapping[str, Mapping[str, int]], budget: int, asker: Asker, *,
            calls: int | None = None, device: str = components.DEVICE,
-           host_memory: host.HostMemory | None = None) -> Decision:
+           host_memory: host.HostMemory | None = None, pieces: nesting.Pieces | None = None) -> Decision:
     """The budget policy's `Decision` for `plan` within `budget`: at component granularity `sizes` maps each model
     component to its bytes and the schedule is `components.optimal` over `calls` (else HORIZON) calls, its events on
     `device`; at block granularity `sizes` maps each to its blocks and the schedule is `solve.solve`'s. Pinning is
     chosen within `host_memory`'s spare bytes (default: this host's). Raises `PlanError`: the budget below the least
-    that works, no block schedule found, `pin: true` beyond what the host can spare."""
+    that works, no block schedule found, `pin: true` beyond what the host can spare. With `pieces` (block
+    granularity: `blocks_for(component, splits)`), blocks too large for the budget are split (`nest`), and the
+    decision's `sizes` are the pieces'."""
     if plan.granularity == "block":
-        model = check_blocks(plan, sizes, budget, asker)
+        nested = None
+        if pieces is not None:
+            nested = nest(plan, pieces, list(sizes), budget)
+            sizes = {name: dict(b) for name, b in nested.blocks.items()}
+        model = check_blocks(plan, sizes, budget, asker, nested=nested)
         from planner.budget.solve import solve
 
         try:
@@ -128,7 +170,7 @@ def decide(plan: Plan, sizes: Mapping[str, int] | Mapping[str, Mapping[str, int]
         except block_model.BlockError as error:
             raise PlanError([problems.solver_failed(asker, str(error))]) from None
         moved = {f"{c}/{b}": (model.size((c, b)), schedule.loads((c, b))) for c, b in model.keys}
-        return Decision(plan, sizes, budget, schedule, _pinning(plan, moved, asker, host_memory))
+        return Decision(plan, sizes, budget, schedule, _pinning(plan, moved, asker, host_memory), nested)
     check_components(plan, sizes, budget, asker)
     uses = [name for name in plan.call_order if name in sizes]
     schedule = components.optimal(uses, sizes, budget, calls or HORIZON, resident=plan.exclude,

@@ -79,12 +79,15 @@ def components_too_small(asker: Asker, budget: int, needed: int, component: str 
     return asker.at(asker.key, asker.rule, message, _fix(asker, needed))
 
 
-def blocks_too_small(asker: Asker, budget: int, needed: int, component: str, in_flight: int) -> Problem:
+def blocks_too_small(asker: Asker, budget: int, needed: int, component: str, in_flight: int,
+                     piece: str | None = None, piece_size: int = 0) -> Problem:
     """A budget below the least any block schedule needs: `component`'s worst forward, its parts outside the blocks
-    held and `in_flight` blocks arriving, beside what stays resident."""
+    held and `in_flight` blocks arriving, beside what stays resident; `piece`, when its blocks were split as far as
+    they go, is its largest piece, which cannot be split further."""
     flight = "two blocks" if in_flight == 2 else "one block"
+    largest = f", its largest piece {piece} ({human(piece_size)}) split no further" if piece else ""
     message = (f"{_budget(asker, budget)} cannot run {component} block by block (its parts outside the blocks held, "
-               f"room for {flight} in flight) beside what stays resident: {_needs(asker, needed)}")
+               f"room for {flight} in flight{largest}) beside what stays resident: {_needs(asker, needed)}")
     return asker.at(asker.key, asker.rule, message, _fix(asker, needed))
 
 

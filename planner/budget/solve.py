@@ -110,8 +110,10 @@ class _Program:
         if result.x is None:
             raise BlockError(f"HiGHS found no schedule ({result.message})")
         keep, held = self._named(np.rint(result.x[: self.integers]).astype(int))
-        exact = result.status == 0
+        exact = result.status == 0 and not self.model.gap
         note = "" if exact else f"HiGHS stopped before proving the optimum: {result.message}"
+        if result.status == 0 and self.model.gap:
+            note = f"proven within a relative gap of {self.model.gap:g} of the optimum (nested pieces)"
         dual = getattr(result, "mip_dual_bound", None)
         if not exact and dual is not None and np.isfinite(dual):
             bound = max(bound or 0.0, (constant + dual) * scale)
@@ -124,7 +126,7 @@ class _Program:
         from scipy.optimize import Bounds, LinearConstraint, milp
 
         cost, constant, lo, hi, matrix, lower, upper, scale = self._arrays(cut)
-        options = {"mip_rel_gap": 0.0, "presolve": True}
+        options = {"mip_rel_gap": self.model.gap, "presolve": True}
         if time_limit is not None:
             options["time_limit"] = time_limit
         with _quiet():

@@ -94,6 +94,7 @@ def _simulate_blocks(args, parser, plan) -> int:
         dtype = plan.torch_dtype or table.torch_dtype
         component_blocks = {name: c.blocks(dtype) for name, c in table.components.items()}
         result = blocksim.simulate(plan, component_blocks, args.budget if args.budget is not None else plan.budget,
+                                   pieces=lambda name, splits: table.components[name].blocks(dtype, splits),
                                    bandwidth=args.bandwidth, block_seconds=(args.block_ms or 0.0) / 1000,
                                    spare=args.host_spare, budget_flag="--budget" if args.budget is not None else None)
     except PlanError as exc:

@@ -33,7 +33,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from planner.blocknames import REST, block_of, block_order
+from planner.blocknames import REST, block_order, piece_of
 from planner.budget import blocks, decide, problems
 from planner.budget.blocks import BlockSchedule, Forward
 from planner.executor.hooks import key_of
@@ -77,15 +77,16 @@ class Partition:
             tuple(map(id, ts)) == tuple(map(id, other.tensors[b])) for b, ts in self.tensors.items())
 
 
-def partition(module: torch.nn.Module) -> Partition:
-    """`module`'s parameters and buffers grouped by `block_of(name)`, each tensor once. A tensor named in several
+def partition(module: torch.nn.Module, splits: frozenset[str] = frozenset()) -> Partition:
+    """`module`'s parameters and buffers grouped by `block_of(name)`, each tensor once; with `splits`, by
+    `piece_of(name, splits)` (the blocks in it split into the pieces below them). A tensor named in several
     blocks (tied), or in a block that is not a submodule of its own (a parameter list's item, a module shared
     under two names), belongs to REST; a block inside another block belongs to the outer one."""
     names: dict[int, set[str]] = {}
     tensors: dict[int, torch.Tensor] = {}
     for name, tensor in itertools.chain(module.named_parameters(remove_duplicate=False),
                                         module.named_buffers(remove_duplicate=False)):
-        names.setdefault(id(tensor), set()).add(block_of(name))
+        names.setdefault(id(tensor), set()).add(piece_of(name, splits))
         tensors.setdefault(id(tensor), tensor)
     wanted = {b for found in names.values() for b in found if b != REST}
     modules = _block_modules(module, wanted)

@@ -85,7 +85,9 @@ def _budget_problem(plan: Plan, model: ModelSizes) -> Problem | None:
     used = {name: c for name, c in model.components.items() if name in plan.call_order or name in plan.exclude}
     try:  # what one call uses, beside the exclusions
         if plan.granularity == "block":
-            decide.check_blocks(plan, {name: c.blocks(dtype) for name, c in used.items()}, plan.budget, asker)
+            nested = decide.nest(plan, lambda name, splits: used[name].blocks(dtype, splits), list(used),
+                                 plan.budget)  # blocks too large for the budget split, as `apply` splits them
+            decide.check_blocks(plan, nested.blocks, plan.budget, asker, nested=nested)
         else:
             decide.check_components(plan, {name: c.bytes_at(dtype) for name, c in used.items()}, plan.budget, asker)
     except PlanError as error:

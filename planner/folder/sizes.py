@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Mapping, NamedTuple
 
 from planner import units
-from planner.blocknames import REST, block_of, block_order
+from planner.blocknames import REST, block_order, piece_of
 
 # Bits per element of every dtype the safetensors format defines.
 DTYPE_BITS = {
@@ -111,15 +111,20 @@ class ComponentSizes:
         """Bytes once loaded by `from_pretrained(..., torch_dtype=torch_dtype)` (see `load_dtype`)."""
         return sum(self._loaded_sizes(torch_dtype).values())
 
-    def blocks(self, torch_dtype: str | None = None) -> dict[str, int]:
+    def blocks(self, torch_dtype: str | None = None, splits: frozenset[str] = frozenset()) -> dict[str, int]:
         """Bytes per repeated block once loaded at `torch_dtype` (see `block_of`), in natural name order, then
-        REST; they sum to `bytes_at(torch_dtype)`."""
+        REST; they sum to `bytes_at(torch_dtype)`. With `splits`, per piece (`piece_of`: the blocks in `splits`
+        split into the pieces below them)."""
         totals: dict[str, int] = {}
         for name, size in self._loaded_sizes(torch_dtype).items():
-            block = block_of(name)
+            block = piece_of(name, splits)
             totals[block] = totals.get(block, 0) + size
         rest = totals.pop(REST, 0)
         return {**{b: totals[b] for b in sorted(totals, key=block_order)}, REST: rest}
+
+    def tensor_bytes(self, torch_dtype: str | None = None) -> dict[str, int]:
+        """Bytes of each tensor once loaded at `torch_dtype`, by name: what nesting splits blocks by."""
+        return dict(self._loaded_sizes(torch_dtype))
 
     def to_json(self, torch_dtype: str | None) -> dict:
         """The JSON form: class, library, variant, files, stored bytes and dtypes, bytes and blocks at the dtype."""

@@ -18,13 +18,14 @@ folder's safetensors headers: `planner.folder.sizes.ComponentSizes.blocks`), and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
 from planner.budget import blocks, decide, host, peers, problems, timing
 from planner.budget import components as schedule
 from planner.budget.blocks import BlockSchedule, BlocksTooSmall, Model
+from planner.budget.nesting import Nesting, Pieces
 from planner.budget.problems import Asker
 from planner.budget.solve import TIME_LIMIT, solve
 from planner.budget.timing import Timing
@@ -90,6 +91,7 @@ class BlockSimulation:
     block_seconds: float
     whole_too_small: str = ""
     sizes: Mapping[str, int] = field(default_factory=dict)  # each used component's bytes
+    nesting: Nesting | None = None  # the blocks ours split for the budget (None: none)
 
     def __post_init__(self):
         object.__setattr__(self, "rows", MappingProxyType(dict(self.rows)))
@@ -115,19 +117,25 @@ class BlockSimulation:
                 "block_seconds": self.block_seconds,
                 "host": {**self.pinning.to_json(),
                          "memory": self.host_memory.to_json() if self.host_memory is not None else None},
-                "blocks": self.ours.to_json()["blocks"]}
+                "blocks": self.ours.to_json()["blocks"],
+                **({"nesting": self.nesting.to_json()} if self.nesting is not None else {})}
 
 
 def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budget: int, *, steps: int | None = None,
              prefetch: bool | None = None, bandwidth: tuple[float, float] | None = None, block_seconds: float = 0.0,
              spare: int | None = None, host_memory: host.HostMemory | None = None, budget_flag: str | None = None,
-             time_limit: float = TIME_LIMIT) -> BlockSimulation:
+             time_limit: float = TIME_LIMIT, pieces: Pieces | None = None) -> BlockSimulation:
     """Every policy on `plan`'s steady call (see the module's docstring). `spare` is the host memory pinning may
     take (default: this host's, `host.read_host_memory()`). Raises `PlanError`: a budget too small for any block
     schedule (PLN409, at `budget_flag` when the budget came from it, else at the plan's `budget`), `pin: true`
-    beyond what the host can spare (PLN411, at the plan's `pin`)."""
+    beyond what the host can spare (PLN411, at the plan's `pin`). With `pieces` (`blocks_for(component, splits)`),
+    blocks too large for the budget are split (`decide.nest`) for ours; the peers keep their own blocks."""
+    nested, given = None, component_blocks
+    if pieces is not None:
+        nested = decide.nest(plan, pieces, list(component_blocks), budget, steps=steps, prefetch=prefetch)
+        component_blocks = nested.blocks if nested.nested else component_blocks
     model = decide.check_blocks(plan, component_blocks, budget, Asker.checking(plan, budget_flag), steps=steps,
-                                prefetch=prefetch)
+                                prefetch=prefetch, nested=nested)
     ours = solve(model, time_limit=time_limit)
     if spare is None:
         host_memory = host_memory or host.read_host_memory()
@@ -157,12 +165,15 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
     except BlocksTooSmall as error:
         whole_too_small = str(error)
     rows["chain"] = _chain_row(plan, model)
+    peer_model = replace(model, blocks={name: given[name] for name in model.blocks}) if model.blocks.keys() <= \
+        given.keys() else model  # the peers on today's blocks, whatever ours split
     for name, peer in (("group_offloading", peers.group_offloading), ("mmgp", peers.mmgp)):
-        found = peer(model)
+        found = peer(peer_model)
         rows[name] = _row(name, found, timed(found, frozenset(found.model.keys) if PEERS_PIN_ALL else frozenset()))
     sizes = {name: sum(b.values()) for name, b in model.blocks.items()}
     return BlockSimulation(plan.path, model, ours, rows, pinning, host_memory, (pinned_bandwidth, pageable_bandwidth),
-                           block_seconds, whole_too_small, sizes)
+                           block_seconds, whole_too_small, sizes, nested if nested is not None and nested.nested
+                           else None)
 
 
 def _row(name: str, found: BlockSchedule, timing: Timing | None) -> Row:
@@ -193,6 +204,8 @@ def render_text(result: BlockSimulation) -> str:
                            or "(none)")]
     if model.resident_bytes:
         lines.append(f"kept resident (exclude): {human(model.resident_bytes)}")
+    if result.nesting is not None:
+        lines += [f"nesting: {line}" for line in result.nesting.describe()]
     lines += ["", *_table(result), ""]
     lines += _notes(result)
     return "\n".join(lines) + "\n"
