@@ -33,7 +33,7 @@ from accelerate.hooks import remove_hook_from_module
 from planner.budget import decide
 from planner.budget.problems import Asker
 from planner.executor import compat, devices
-from planner.executor.budget import BlockInstaller, ComponentInstaller, block_sizes, budget_for
+from planner.executor.budget import BlockInstaller, ComponentInstaller, block_pieces, block_sizes, budget_for
 from planner.executor.chain import ChainInstaller
 from planner.executor.checks import group_hooks_near_the_top, is_model_offload, preflight
 from planner.executor.installer import InstallContext, Installer
@@ -118,7 +118,8 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
         sizes = block_sizes(pipe) if plan.granularity == "block" else \
             {name: module_bytes(module) for name, module in model_components(pipe).items()}
         # the schedule and the pin choice; PLN307 or PLN411 before anything changes
-        decision = decide.decide(plan, sizes, budget, asker, calls=calls, device=str(target))
+        decision = decide.decide(plan, sizes, budget, asker, calls=calls, device=str(target),
+                                 pieces=block_pieces(pipe) if plan.granularity == "block" else None)
     previous = applied_to(pipe)
     if previous is not None:
         previous.remove()

@@ -223,6 +223,7 @@ class BlockResidency:
         self.weights: dict[str, Weights] = {}
         self.sizes: dict[str, int] = {}  # trace key -> bytes: blocks as "component/block", exclusions by name
         self.solved_for = {name: dict(sizes) for name, sizes in decision.sizes.items()}
+        self.splits = dict(decision.splits)  # the blocks the budget split into pieces (blocks inside blocks)
         self._script(decision.schedule)
         self.on: dict[str, None] = {}  # on the device now, least recently used first
         self.why: dict[str, str | None] = {}  # the reason each block on the device was loaded for
@@ -253,7 +254,7 @@ class BlockResidency:
         for name in [n for n in self.modules if n not in modules or self.modules[n] is not modules[n]]:
             self._forget_component(name, SWAPPED)
         for name, module in modules.items():
-            found = partition(module)
+            found = partition(module, self.splits.get(name, frozenset()))
             if name in self.partitions and self.partitions[name].same(found):
                 continue
             if name in self.partitions:

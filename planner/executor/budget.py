@@ -227,4 +227,13 @@ def block_sizes(pipe) -> dict[str, dict[str, int]]:
     return {name: partition(module).sizes for name, module in model_components(pipe).items()}
 
 
+def block_pieces(pipe):
+    """`blocks_for(component, splits)` over the pipeline's module tree (`blocks.partition` with those splits): the
+    pieces `planner.budget.decide.nest` chooses among, tied tensors in REST."""
+    from planner.executor.blocks import partition
+
+    modules = model_components(pipe)
+    return lambda name, splits: partition(modules[name], splits).sizes
+
+
 __all__ = ["BlockInstaller", "ComponentInstaller", "HostUse", "budget_for", "key_of"]
