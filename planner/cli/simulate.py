@@ -93,13 +93,30 @@ def _simulate_blocks(args, parser, plan) -> int:
         table, _ = _folder_table(args, plan, parser)
         dtype = plan.torch_dtype or table.torch_dtype
         component_blocks = {name: c.blocks(dtype) for name, c in table.components.items()}
+        per_block = _block_seconds(args.block_ms, component_blocks, parser)
         result = blocksim.simulate(plan, component_blocks, args.budget if args.budget is not None else plan.budget,
-                                   bandwidth=args.bandwidth, block_seconds=(args.block_ms or 0.0) / 1000,
+                                   bandwidth=args.bandwidth, block_seconds=per_block,
                                    spare=args.host_spare, budget_flag="--budget" if args.budget is not None else None)
     except PlanError as exc:
         return _fail_simulation(exc)
     _write_simulation(args, result, blocksim.render_text)
     return 0
+
+
+def _block_seconds(block_ms, component_blocks, parser):
+    """--block-ms as the time model takes it: seconds for every block (a number), or its table of kinds, each of
+    which must name some block of the model (else a usage error naming the flag)."""
+    if block_ms is None or isinstance(block_ms, (int, float)):
+        return (block_ms or 0.0) / 1000
+    keys = [(c, b) for c, blocks in component_blocks.items() for b in blocks]
+    unmatched = block_ms.unmatched(keys)
+    if unmatched:
+        from planner.budget.timing import block_kind
+
+        kinds = sorted({f"{c}/{block_kind(b)}" for c, b in keys})
+        usage(parser, "simulate", f"--block-ms: {', '.join(map(repr, unmatched))} names no block of the model: its "
+              f"kinds are {', '.join(kinds)} (or default)")
+    return block_ms
 
 
 def _fail_simulation(exc: PlanError) -> int:
