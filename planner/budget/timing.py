@@ -164,8 +164,9 @@ def timing(schedule: BlockSchedule, *, pinned: frozenset[tuple[str, str]] = froz
                 on.add(key)
                 transfer += seconds(key)
                 clock += seconds(key)
-                waits[HELD] = waits.get(HELD, 0.0) + seconds(key)
-                here += seconds(key)
+                if seconds(key):
+                    waits[HELD] = waits.get(HELD, 0.0) + seconds(key)
+                    here += seconds(key)
             begun, engine, ends = clock, clock, []
             for b in f.blocks:
                 took = compute_of(f.component, b)
