@@ -238,9 +238,11 @@ def test_a_single_figure_is_every_block_as_before(capsys, real_sized):
     assert code == 0 and json.loads(out)["block_seconds"] == 0.002 and "block_ms" not in json.loads(out)
     _, table, _ = run_cli(capsys, "simulate", SDXL_PLAN, "--model", real_sized["sdxl"], *BLOCK_ARGS,
                           "--block-ms", "default=2", "--format", "json")
-    policies = json.loads(table)["policies"]
-    assert {n: p.get("exposed_s") for n, p in policies.items()} == {
-        n: p.get("exposed_s") for n, p in json.loads(out)["policies"].items()}
+    policies, single = json.loads(table)["policies"], json.loads(out)["policies"]
+    assert policies["block"] == single["block"]  # default: every block but REST, as the single figure
+    # with a table, a REST that merges blocks (group offloading's text encoders, whole components) computes them
+    assert policies["group_offloading"]["compute_s"] > single["group_offloading"]["compute_s"]
+    assert policies["component"]["compute_s"] > single["component"]["compute_s"] == 0
 
 
 def test_a_kind_that_names_no_block_is_a_usage_error_naming_the_flag(capsys, real_sized):

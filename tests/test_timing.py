@@ -93,3 +93,15 @@ def test_one_figure_is_every_block_but_rest_as_before():
     blocks = {"unet": {REST: SECOND, "x.0": SECOND}}
     found = timing.timing(schedule(blocks), block_seconds=1.0)
     assert found.compute == pytest.approx(1.0) and found.exposed == pytest.approx(2.0)
+
+
+def test_a_merged_rest_computes_the_blocks_it_absorbed_with_a_table_only():
+    blocks = {"te": {REST: SECOND, "layers.0": SECOND, "layers.1": SECOND},
+              "vae": {REST: 0, "encoder.down.0": SECOND, "decoder.up.0": SECOND}}
+    original = Model(("te", "vae"), blocks, 10 ** 15)
+    whole = Model(("te", "vae"), {c: {REST: sum(b.values())} for c, b in blocks.items()}, 10 ** 15)
+    times = BlockTimes({"layers": 1.0, "rest": 0.5, "decoder.up": 2.0, "encoder.down": 4.0})
+    merged = timing.regrouped(times, original, whole)
+    assert merged("te", REST) == pytest.approx(2.5)
+    assert merged("vae", REST) == pytest.approx(2.5)  # the vae decodes: its encoder never runs
+    assert timing.regrouped(0.25, original, whole) == 0.25  # one figure: REST computes nothing, as before

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Union
 
 from planner.blocknames import REST
-from planner.budget.blocks import BlockSchedule, forwards
+from planner.budget.blocks import BlockSchedule, Model, forwards
 
 GB = 10 ** 9
 
@@ -89,6 +89,28 @@ def per_block(block_seconds: BlockSeconds) -> Callable[[str, str], float]:
         table = block_seconds
         return lambda component, block: float(table.get((component, block), 0.0))
     return block_seconds
+
+
+def regrouped(block_seconds: BlockSeconds, original: Model, grouped: Model) -> BlockSeconds:
+    """`block_seconds` for a schedule on `grouped`, a model whose components merge blocks of `original` into REST
+    (whole components; group offloading's top-level groups): a merged REST computes its own time and that of each
+    block it absorbed that runs in the component's forwards of `original` (an autoencoder used both to encode and
+    to decode counts both). A single figure stays as it is, every block's but REST's (as before)."""
+    if isinstance(block_seconds, (int, float)):
+        return block_seconds
+    per = per_block(block_seconds)
+    ran: dict[str, set[str]] = {}
+    for p in original.forwards:
+        ran.setdefault(p.component, set()).update(p.blocks)
+    absorbed = {c: tuple(b for b in original.blocks[c] if b in ran.get(c, ()) and b != REST
+                         and b not in grouped.blocks.get(c, {})) for c in original.blocks}
+
+    def seconds(component: str, block: str) -> float:
+        if block != REST:
+            return per(component, block)
+        return per(component, REST) + sum(per(component, b) for b in absorbed.get(component, ()))
+
+    return seconds
 
 
 @dataclass(frozen=True)

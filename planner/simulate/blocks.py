@@ -149,7 +149,8 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
 
     def timed(found: BlockSchedule, keys: frozenset) -> Timing:
         return timing.timing(found, pinned=keys, pinned_bandwidth=pinned_bandwidth,
-                             pageable_bandwidth=pageable_bandwidth, block_seconds=block_seconds)
+                             pageable_bandwidth=pageable_bandwidth,
+                             block_seconds=timing.regrouped(block_seconds, model, found.model))
 
     rows = {OURS: _row(OURS, ours, timed(ours, pinned))}
     whole_too_small = ""
