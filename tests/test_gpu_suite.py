@@ -103,3 +103,20 @@ def test_the_table_and_the_json_document(plan):
     assert len(rows) == len(gpu_suite.CONFIGURATIONS)
     assert "1.500" in rows[0] and "PlanError: PLN307" in rows[2] and "not run" in rows[4]
     assert rows[3].split()[-6:-4] == ["1.700", f"{1.5 + predicted['ours, block by block']['exposed_s']:.3f}"]
+
+
+def test_materialise_builds_on_meta_then_fills_every_parameter_keeping_buffers_and_ties():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    clip = gpu_suite.materialise(lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, vocab_size=50000)),
+        torch.float16)
+    assert all(p.device.type == "cpu" and p.dtype == torch.float16 for p in clip.parameters())
+    assert not any(p.is_meta for p in clip.parameters()) and not any(b.is_meta for b in clip.buffers())
+    ids = dict(clip.named_buffers())[next(n for n, _ in clip.named_buffers() if n.endswith("position_ids"))]
+    assert torch.equal(ids, torch.arange(ids.shape[-1]).expand_as(ids))  # a buffer computed at build, kept
+    t5 = gpu_suite.materialise(lambda: transformers.T5EncoderModel(transformers.T5Config(
+        d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100)), torch.bfloat16)
+    assert t5.shared.weight is t5.encoder.embed_tokens.weight  # tied stays tied
+    out = clip(torch.tensor([[1, 2, 3]])).last_hidden_state
+    assert torch.isfinite(out.float()).all()
