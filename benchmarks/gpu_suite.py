@@ -437,8 +437,11 @@ def measure_model(key: str, settings: dict, size: int, bandwidth: dict, deadline
     with tempfile.TemporaryDirectory() as tmp:
         plan = load_plan(plan_file(Path(tmp), key, components, "block", settings))
     none = measured["no offload"].get("seconds")
-    predicted = predictions(plan, sizes, parse_size(settings["budget"]), settings["steps"], bandwidth,
-                            table, none) if table or none is not None else {}
+    try:  # the measurements are kept whatever the model makes of them
+        predicted = predictions(plan, sizes, parse_size(settings["budget"]), settings["steps"], bandwidth, table,
+                                none)
+    except Exception as exc:  # noqa: BLE001
+        predicted = {"failed": f"{type(exc).__name__}: {exc}"}
     result = {"steps": settings["steps"], "size": size, "budget": settings["budget"],
               "weights_bytes": sum(sum(b.values()) for b in sizes.values()), "block_ms": table,
               "measured": measured, "predicted": predicted,
