@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from planner.cli.common import APPLY_EXTRA, existing, fail, progress, require_apply_extra, usage
+from planner.cli.common import APPLY_EXTRA, existing, fail, progress, require_apply_extra, usage, write
 from planner.cli.paths import apply_path_problem, clobbers, folder_problem
 from planner.plan import PlanError
 from planner.validate import load_plan
@@ -48,7 +48,7 @@ def apply(args, parser) -> int:
     except OSError as exc:  # writing the outputs at the end: the disk filled up, a folder went away
         sys.stderr.write(f"planner apply: error: {exc}\n")
         return 1
-    sys.stdout.write(report)
+    write(report)
     return 0
 
 

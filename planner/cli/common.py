@@ -22,8 +22,21 @@ exit status:
 APPLY_EXTRA = "pip install 'offload-planner[apply]'"
 
 
+CHUNK = 1 << 16  # what a pipe holds: a larger write(2) that the reader leaves part-way returns a short count, no error
+
+
 def write(text: str) -> None:
-    """`text` on stdout; an output encoding that cannot show a name's characters gets escapes, never a failure."""
+    """`text` on stdout; an output encoding that cannot show a name's characters gets escapes, never a failure.
+
+    Written and flushed a pipe's worth at a time: a reader that leaves in the middle of one large write(2) makes it
+    return short, without EPIPE, and Python drops the rest silently (exit 0 under `| head -c 1`); the next chunk's
+    write then raises BrokenPipeError, which `planner.cli.main` turns into 141."""
+    for start in range(0, len(text), CHUNK):
+        _write(text[start:start + CHUNK])
+        sys.stdout.flush()
+
+
+def _write(text: str) -> None:
     try:
         sys.stdout.write(text)
     except UnicodeEncodeError:

@@ -73,7 +73,7 @@ def init(args, parser) -> int:
     except scaffold.NoPlan as exc:
         return fail_lines([exc.problem])
     if args.output is None:
-        sys.stdout.write(text)
+        write(text)
         return 0
     target = Path(args.output)
     target.parent.mkdir(parents=True, exist_ok=True)
