@@ -90,3 +90,15 @@ def test_to_yaml_of_a_changed_plan_is_written_from_its_fields(tmp_path):
     again = load_text(changed.to_yaml(), "<t>")
     assert isinstance(again, Plan) and again == replace(changed, path="<t>")
     assert "device: xpu" in changed.to_yaml() and "budget: 2GiB" not in changed.to_yaml()
+
+
+def test_apply_granularity_flag_is_checked_by_the_plan_rules_and_located_at_the_flag(tiny_pipelines, tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\ndevice: cuda\ncomponents: [text_encoder, unet, vae]\n")
+    argv = ["apply", str(plan), "--source", str(tiny_pipelines["sd"]), "--dry-run", "--quiet", "--policy", "budget",
+            "--budget", "450KB"]
+    assert main([*argv, "--granularity", "block"]) == 0
+    assert "\ngranularity block: " in capsys.readouterr().out
+    assert main([*argv, "--granularity", "blocks"]) == 1
+    assert capsys.readouterr().err.startswith("--granularity: PLN104 granularity 'blocks' is not allowed: did you "
+                                              "mean 'block'?")

@@ -22,7 +22,8 @@ def apply(args, parser) -> int:
         usage(parser, "apply", problem)
     overrides = {key: value for key, value in (("device", args.device), ("gpu_id", args.gpu_id),
                                                ("pipeline.torch_dtype", args.dtype), ("pipeline.variant", args.variant),
-                                               ("policy", args.policy), ("budget", args.budget))
+                                               ("policy", args.policy), ("budget", args.budget),
+                                               ("granularity", args.granularity))
                  if value is not None}
     try:
         plan = load_plan(existing(args.plan, parser, "apply"), overrides)

@@ -112,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
                        "offload) or budget (keep what fits within the budget); checked by the same rules")
     apply.add_argument("--budget", metavar="SIZE", help="override the plan's budget (8GiB, 512MB, bytes; checked by "
                        "the same rules): the bytes of weights the budget policy may keep on the device")
+    apply.add_argument("--granularity", metavar="GRANULARITY", help="override the plan's granularity: component "
+                       "(whole components) or block (block by block, as planner simulate --granularity); checked "
+                       "by the same rules")
     apply.add_argument("--dry-run", action="store_true",
                        help="install the same hooks with the CPU as execution device and trace what would move")
     apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON; missing folders are "
