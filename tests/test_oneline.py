@@ -102,3 +102,31 @@ def test_apply_granularity_flag_is_checked_by_the_plan_rules_and_located_at_the_
     assert main([*argv, "--granularity", "blocks"]) == 1
     assert capsys.readouterr().err.startswith("--granularity: PLN104 granularity 'blocks' is not allowed: did you "
                                               "mean 'block'?")
+
+
+@pytest.mark.parametrize("budget, granularity", [("2MB", "component"), ("260000", "block")])
+def test_init_budget_writes_the_granularity_decide_picks_and_what_simulate_predicts(budget, granularity, tiny_pipelines,
+                                                                                    tmp_path, capsys):
+    folder = tiny_pipelines["sd"]
+    out = tmp_path / "plans" / "sd.yaml"
+    assert main(["init", "--model", str(folder), "--budget", budget, "--steps", "3", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert f"budget: {budget}\ngranularity: {granularity}\nsteps: 3\n" in text
+    assert "# planner simulate predicts, for one steady call of 3 steps" in text
+    assert "for diffusers' chain" in text and "for group offloading" in text and "The host copies hold" in text
+    capsys.readouterr()
+    assert main(["validate", "--model", str(folder), str(out)]) == 0, capsys.readouterr().out
+    plan = load_plan(out)
+    assert (plan.policy, plan.granularity, plan.steps) == ("budget", granularity, 3)
+
+
+def test_init_budget_mistakes(tiny_pipelines, capsys):
+    folder = str(tiny_pipelines["sd"])
+    assert main(["init", "--model", folder, "--budget", "2KB"]) == 1
+    assert capsys.readouterr().err.startswith("--budget: PLN409 a budget of 1.95 KiB (2000 bytes) cannot run unet")
+    for argv, words in ((["--pipeline-class", "FluxPipeline", "--budget", "8GiB"], "--budget needs --model"),
+                        (["--model", folder, "--steps", "2"], "--steps: the steps of a budget plan"),
+                        (["--model", folder, "--budget", "8 lots"], "--budget: ")):
+        with pytest.raises(SystemExit) as exited:
+            main(["init", *argv])
+        assert exited.value.code == 2 and words in capsys.readouterr().err
