@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from planner.cli.common import fail_lines, usage, visible_text, write
+from planner.cli.common import fail_lines, usage, visible_text, working, write
 from planner.cli.paths import clobbers, output_problem
 from planner.plan import PlanError
 from planner.report.common import is_error, visible
@@ -112,6 +112,7 @@ def _budget_plan(cls: str, options, where: str, args) -> str:
     when the budget is below what any schedule needs)."""
     from planner import scaffold
     from planner.budget import decide
+    from planner.cli.simulate import solving_message
     from planner.simulate import blocks as blocksim
     from planner.units import human
     from planner.validate import load_text
@@ -121,7 +122,8 @@ def _budget_plan(cls: str, options, where: str, args) -> str:
     plan = load_text(scaffold.plan_text(cls, options, where), args.output or "<planner init>")
     granularity = decide.granularity_for(plan, read.loaded_bytes(), plan.budget)
     blocks = {name: c.blocks(read.torch_dtype) for name, c in read.components.items()}
-    found = blocksim.simulate(replace(plan, granularity="block"), blocks, plan.budget, budget_flag="--budget")
+    with working("init", solving_message(blocks, plan.steps)):
+        found = blocksim.simulate(replace(plan, granularity="block"), blocks, plan.budget, budget_flag="--budget")
     ours = found.rows[blocksim.OURS if granularity == "block" else blocksim.WHOLE]
     steps = found.model.steps
     against = [f"{human(found.rows[name].h2d_bytes)} for {label}"
