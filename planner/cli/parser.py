@@ -77,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
                       help="pipeline.torch_dtype, and the dtype the sizes are shown at")
     init.add_argument("--variant", metavar="NAME", help="pipeline.variant (weights such as *.fp16.safetensors)")
     init.add_argument("--device", default="cuda", help="the plan's device (default: %(default)s)")
+    init.add_argument("--budget", type=_size_text, metavar="SIZE", help="with --model: a budget plan within SIZE "
+                      "(12GiB, bytes), at the granularity that fits (whole components when they do, else block by "
+                      "block), with what planner simulate predicts for it as comments")
+    init.add_argument("--steps", type=_steps, metavar="N", help="with --budget: the denoising steps per call the "
+                      "plan is written for (steps: N)")
     init.add_argument("-o", "--output", metavar="FILE", help="write the plan here instead of printing it; an "
                       "existing file is kept unless --force")
     init.add_argument("--force", action="store_true", help="overwrite FILE")
@@ -113,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
                        "offload) or budget (keep what fits within the budget); checked by the same rules")
     apply.add_argument("--budget", metavar="SIZE", help="override the plan's budget (8GiB, 512MB, bytes; checked by "
                        "the same rules): the bytes of weights the budget policy may keep on the device")
+    apply.add_argument("--granularity", metavar="GRANULARITY", help="override the plan's granularity: component "
+                       "(whole components) or block (block by block, as planner simulate --granularity); checked "
+                       "by the same rules")
     apply.add_argument("--dry-run", action="store_true",
                        help="install the same hooks with the CPU as execution device and trace what would move")
     apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON; missing folders are "
@@ -300,6 +308,13 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _size_text(text: str) -> str | int:
+    """An argparse type: a size as `_size` checks it, kept as written (the plan says `budget: 12GiB`); bytes as an
+    integer."""
+    size = _size(text)
+    return size if text.strip().isdigit() else text.strip()
+
+
 def _sizes(text: str) -> dict:
     """An argparse type: `--sizes NAME=SIZE,...` (`planner.simulate.components.parse_sizes`)."""
     from planner.simulate.components import parse_sizes
@@ -310,4 +325,5 @@ def _sizes(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-_size.__name__, _sizes.__name__ = "a size", "NAME=SIZE,..."  # argparse's own messages name the type by it
+# argparse's own messages name the type by it
+_size.__name__, _sizes.__name__, _size_text.__name__ = "a size", "NAME=SIZE,...", "a size"
