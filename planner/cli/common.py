@@ -90,10 +90,15 @@ def usage(parser, command: str, message: str) -> None:
 
 
 def fail_lines(problems: list[Problem]) -> int:
-    """Exit 1 with each problem on one line of stderr (escaped as every report is), for commands that read no
-    plan file: a summary counting plans would say nothing true."""
-    for problem in problems:
-        sys.stderr.write(visible(str(problem)) + "\n")
+    """Exit 1 with each problem on one line of stderr (escaped and cut as every report is), at most
+    MAX_PROBLEMS_PER_FILE of them and the rest counted, for commands that read no plan file: a summary counting
+    plans would say nothing true."""
+    from planner.report.common import MAX_PROBLEMS_PER_FILE, clip, plural
+
+    for problem in problems[:MAX_PROBLEMS_PER_FILE]:
+        sys.stderr.write(clip(visible(str(problem))) + "\n")
+    if len(problems) > MAX_PROBLEMS_PER_FILE:
+        sys.stderr.write(f"... and {plural(len(problems) - MAX_PROBLEMS_PER_FILE, 'more problem')}\n")
     return 1
 
 
