@@ -305,7 +305,24 @@ def _no_weights(source, name: str, entry: tuple[str, str], kind: str | None, fil
         return PLN403.problem(source.where(name), f"{name} is a {cut(entry[1])} (model_index.json), a model, but "
                               f"its folder holds no weights and no config.json: {holds}",
                               _download(name, entry[0], kind, variant))
+    variants = _variants(files)
+    if variants and variant is None:  # a download made with variant="fp16" leaves only those files
+        shown = ", ".join(variants)
+        return PLN403.problem(source.where(name), f"{name} has no weights without a variant: it holds only the "
+                              f"{shown} variant{'s' * (len(variants) > 1)} ({listed(sorted(files))})",
+                              f"pass --variant {variants[0]} (in a plan: `variant: {variants[0]}` under `pipeline:`)")
     return PLN403.problem(source.where(name), f"{name} has no weights: none of {', '.join(candidates)}")
+
+
+def _variants(files: Iterable[str]) -> list[str]:
+    """The variants of the safetensors weights in a folder (`model.fp16.safetensors`, `...fp16.safetensors.index.json`,
+    `diffusion_pytorch_model.fp16-00001-of-00002.safetensors`), as diffusers names them: the second dot-part."""
+    found = set()
+    for f in files:
+        parts = f.split(".")
+        if len(parts) >= 3 and "safetensors" in parts[2:]:
+            found.add(cut(parts[1].split("-", 1)[0]))
+    return sorted(v for v in found if v)
 
 
 def _component(source, pick: _Pick, headers: dict) -> tuple[ComponentSizes | None, list[Problem]]:
