@@ -278,7 +278,7 @@ def _bad_files(tmp_path):
     ("@{d}/shape.json", 'must hold {"block_ms": {KIND: MS, ...}}'),
     ("@{d}/negative.json", "default: must be milliseconds from 0 to 1000000, not -1"),
     ("@{d}/text.json", 'default: must be milliseconds from 0 to 1000000, not "1"'),
-    ("@{d}/fifo.json", "cannot read fifo.json: not a regular file"),
+    ("@{d}/fifo.json", "cannot read fifo.json: a named pipe (FIFO), not a regular file"),
 ])
 def test_a_bad_block_ms_exits_2_with_one_line_naming_the_flag(capsys, tmp_path, given, said):
     folder = _bad_files(tmp_path)
