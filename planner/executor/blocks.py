@@ -50,7 +50,7 @@ from planner.executor.reasons import (
     UNPLANNED_FORWARD,
     UNPREDICTED,
 )
-from planner.executor.weights import HOST, BlockWeights, RestWeights, Weights, evict, finish_call
+from planner.executor.weights import HOST, BlockWeights, RestWeights, Weights, check, evict, finish_call
 from planner.plan import PlanError
 
 
@@ -226,6 +226,7 @@ class BlockResidency:
         self.on: dict[str, None] = {}  # on the device now, least recently used first
         self.why: dict[str, str | None] = {}  # the reason each block on the device was loaded for
         self.events: dict[str, object] = {}  # prefetched blocks whose copy may still run
+        self.clean: set[str] = set()  # on the device and unchanged but by the pipeline since this call's start
         self.order: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}  # blocks as they last ran per forward
         self.open: RunningForward | None = None
         self.outside: set[str] = set()
@@ -263,6 +264,7 @@ class BlockResidency:
                 self.copier.wait(self.events.pop(key))
             self.weights[key].forget()
             del self.on[key]
+            self.clean.discard(key)
             self.why.pop(key, None)
             self.trace.offload(key, MOVED)
         self.trace.sizes = self.sizes
@@ -296,9 +298,10 @@ class BlockResidency:
 
     def _forget_component(self, name: str, reason: str) -> None:
         keys = [k for k in self.weights if k == name or k.startswith(name + "/")]
+        self._check([k for k in keys if k in self.on])
         for key in keys:
             if key in self.on:
-                self._evict(key, reason)
+                self._evict(key, reason, trusted=True)
         for key in keys:
             del self.weights[key], self.sizes[key]
         del self.modules[name], self.partitions[name]
@@ -359,6 +362,8 @@ class BlockResidency:
         self.started, self.cursor, self.seen, self.open = self.trace.call, 0, set(), None
         moved = any(key not in self.fixed for key in self.on)
         self.states = self.steady if moved else self.first
+        self._check(list(self.on))  # what stayed on the device across the call boundary, in one synchronisation
+        self.clean = set(self.on)
 
     def _match(self, name: str) -> int | None:
         """The script's next forward of `name`, passing over forwards of components this call ran already (the
@@ -522,6 +527,8 @@ class BlockResidency:
         else:
             weights.load(self.device, self.keep_host)
         self.on[key] = None
+        if self.started is not None:  # loaded within the call: only the pipeline can change it before it ends
+            self.clean.add(key)
         self.why[key] = reason
         self.trace.load(key, reason)
 
@@ -529,12 +536,23 @@ class BlockResidency:
         weights.load(self.device, self.keep_host)
         return [entry.tensor.data for entry in weights.kept]
 
-    def _evict(self, key: str, reason: str | None) -> None:
+    def _check(self, keys: list[str]) -> None:
+        """The checksums of `keys`' device copies compared in one synchronisation (changed ones are copied back when
+        they leave): for what something outside the pipeline can have changed since it was loaded or checked."""
+        for key in keys:
+            if key in self.events:
+                self.copier.wait(self.events.pop(key))
+        check([self.weights[key] for key in keys if key not in self.clean])
+
+    def _evict(self, key: str, reason: str | None, trusted: bool | None = None) -> None:
+        """`key` off the device: without a checksum comparison where it is `clean` (or `trusted`: just checked)."""
         if key in self.events:  # a copy still running on the side stream must finish before its memory goes
             self.copier.wait(self.events.pop(key))
         del self.on[key]
         self.why.pop(key, None)
-        evict(self.weights[key], self.device, self.trace, key, reason, self.copied_back)
+        trusted = key in self.clean if trusted is None else trusted
+        self.clean.discard(key)
+        evict(self.weights[key], self.device, self.trace, key, reason, self.copied_back, trusted)
 
     def _warn(self, name: str) -> None:
         if not self.warned:
@@ -555,6 +573,7 @@ class BlockResidency:
         self.outside.clear()
         self._realign(self.end)
         self.started = None
+        self.clean = set()  # between calls anyone can change what stays: the next call's start checks it
         finish_call(self.trace, self.copied_back, now)
 
     def offload_all(self, reason: str | None) -> None:
@@ -563,8 +582,10 @@ class BlockResidency:
         self.open = None
         self.outside.clear()
         self.parked |= self.fixed & self.on.keys()
-        for key in [k for k in self.sizes if k in self.on]:
-            self._evict(key, reason)
+        leaving = [k for k in self.sizes if k in self.on]
+        self._check(leaving)
+        for key in leaving:
+            self._evict(key, reason, trusted=True)
 
     def release(self) -> None:
         """Before the modules are given back: every block off the device, the pinned host copies back in pageable
