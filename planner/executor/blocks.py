@@ -178,6 +178,7 @@ class BlockResidency:
         self.why: dict[str, str | None] = {}  # the reason each block on the device was loaded for
         self.events: dict[str, object] = {}  # prefetched blocks whose copy may still run
         self.clean: set[str] = set()  # on the device and unchanged but by the pipeline since this call's start
+        self.ahead: tuple[int, str] | None = None  # (script index, block): prefetched for the next forward
         self.order: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}  # blocks as they last ran per forward
         self.open: RunningForward | None = None
         self.outside: set[str] = set()
@@ -297,6 +298,7 @@ class BlockResidency:
                 self._load(name, AFTER_OFFLOAD_ALL)
             return
         j = self._match(name)
+        self._drop_ahead(j)
         if j is not None:
             self._close()
             self._follow(j)
@@ -329,7 +331,8 @@ class BlockResidency:
         blocks come (REST first), and the first streamed block is prefetched."""
         f, state = self.script[j], self.states[j]
         self.cursor = j + 1
-        self._realign(state)
+        ahead, self.ahead = self.ahead, None
+        self._realign(state | ({key_of(f.component, ahead[1])} if ahead is not None else set()))
         held = [key_of(f.component, b) for b in f.held]
         for key in held:
             if key not in self.on:
@@ -339,6 +342,8 @@ class BlockResidency:
             self._touch(key)
         seen = self.order.get((f.component, f.blocks))
         self.open = RunningForward(f.component, f, None, set(f.streamed), ordered=seen is not None)
+        if ahead is not None and key_of(f.component, ahead[1]) in self.on:
+            self.open.pending = ahead[1]  # its first streamed block, copied during the forward before
         self._prefetch(self.open)
 
     def _again(self, name: str) -> None:
@@ -439,12 +444,42 @@ class BlockResidency:
         seen = self.order[(f.component, f.blocks)]
         ahead = next((b for b in seen[len(open.ran):] if b in f.streamed), None)
         if ahead is None:
+            self._prefetch_next()
             return
         key = key_of(f.component, ahead)
         if key in self.on or self.device_bytes() + self.sizes[key] > self.budget:
             return
         self._load(key, None, ahead=True)
         open.pending = ahead
+
+    def _prefetch_next(self) -> None:
+        """The running forward has no streamed block left to prefetch: start copying the next forward's first
+        streamed block (of whatever component: the next step's, the vae's after the last step), in the order its
+        blocks ran last time, when the budget has room for it both now and once the next forward holds what the
+        script has it hold (and never above the schedule's peak, which the simulation reports)."""
+        n = self.cursor
+        if self.ahead is not None or n >= len(self.script) or self.schedule is None:
+            return
+        nf = self.script[n]
+        seen = self.order.get((nf.component, nf.blocks))
+        first = next((b for b in seen or () if b in nf.streamed), None)
+        if first is None:
+            return
+        key = key_of(nf.component, first)
+        then = self.states[n] | {key_of(nf.component, b) for b in nf.held} | (self.fixed & self.on.keys())
+        need = max(self.device_bytes(), sum(self.sizes.get(k, 0) for k in then)) + self.sizes[key]
+        if key in self.on or need > min(self.budget, self.schedule.peak_bytes):
+            return
+        self._load(key, None, ahead=True)
+        self.ahead = (n, first)
+
+    def _drop_ahead(self, j: int | None) -> None:
+        """A block prefetched for a forward that is not the one starting (`j`) leaves the device unused."""
+        if self.ahead is not None and self.ahead[0] != j:
+            key = key_of(self.script[self.ahead[0]].component, self.ahead[1])
+            self.ahead = None
+            if key in self.on:
+                self._evict(key, PREFETCH_UNUSED)
 
     # -- moving ----------------------------------------------------------------------------------------------------
     def device_bytes(self) -> int:
@@ -519,6 +554,7 @@ class BlockResidency:
         """The call is over: the open forward ends, what the script does not keep into the next call leaves the
         device, and the trace closes the call."""
         self._close()
+        self._drop_ahead(None)
         for key in [k for k in self.outside if k in self.on]:
             self._evict(key, OUTSIDE)
         self.outside.clear()
@@ -531,6 +567,7 @@ class BlockResidency:
         """Everything off the device (the exclusions too), in the trace's order; the next call starts as the
         script's first call does."""
         self.open = None
+        self.ahead = None
         self.outside.clear()
         self.parked |= self.fixed & self.on.keys()
         leaving = [k for k in self.sizes if k in self.on]
