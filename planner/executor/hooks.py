@@ -15,9 +15,8 @@ tracing (and recompiling on) it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import functools
+from dataclasses import dataclass
 
 import torch
 from accelerate.hooks import ModelHook
