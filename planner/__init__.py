@@ -5,7 +5,8 @@ and `AppliedPlan` load the executor, which does, on first use. Everything is imp
 (`planner.plan`), the driver (`planner.validate`: the loader, yaml, the rules), the executor.
 """
 
-__all__ = ["AppliedPlan", "Plan", "PlanError", "Problem", "apply", "check", "load_plan"]
+__all__ = ["AppliedPlan", "Plan", "PlanError", "Problem", "apply", "check", "load_plan", "load_text",
+           "offload_strategy"]
 __version__ = "0.1.0"
 
 
@@ -16,7 +17,7 @@ def __getattr__(name):
         from planner import plan
 
         return getattr(plan, name)
-    if name in ("check", "load_plan"):
+    if name in ("check", "load_plan", "load_text"):
         from planner import validate
 
         return getattr(validate, name)
@@ -24,4 +25,8 @@ def __getattr__(name):
         from planner.executor import applied
 
         return getattr(applied, name)
+    if name == "offload_strategy":
+        from planner.executor import modular
+
+        return modular.offload_strategy
     raise AttributeError(f"module 'planner' has no attribute {name!r}")

@@ -6,7 +6,7 @@ values from the loader's document and the rules' checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Mapping
 
@@ -78,10 +78,18 @@ class Plan:
     torch_dtype: str | None = None
     variant: str | None = None
     locations: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    text: str | None = field(default=None, compare=False, repr=False)  # the YAML it was read from, unless overridden
+    # the values `text` describes: a copy made with dataclasses.replace keeps them, and then no longer matches them
+    text_of: tuple = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "locations", MappingProxyType(dict(self.locations)))
         object.__setattr__(self, "pipes", MappingProxyType(dict(self.pipes)))
+        if self.text is not None and not self.text_of:
+            object.__setattr__(self, "text_of", self._values())
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
 
     @property
     def call_order(self) -> tuple[str, ...]:
@@ -108,6 +116,54 @@ class Plan:
             return "->".join(self.sequence)
         return " ".join(f"{pipe}({'->'.join(names)})" for pipe, names in self.chains)
 
+    def to_yaml(self) -> str:
+        """The plan as YAML text that `planner validate` checks and `load_plan` reads back to an equal `Plan`: the
+        text it was read from when it came from one unchanged (comments kept), else written from its fields."""
+        if self.text is not None and self.text_of == self._values():
+            return self.text
+        lines = [f"version: {self.version}"]
+        pipeline = [(key, value) for key, value in (("class", self.pipeline_class), ("source", self.pipeline_source),
+                                                    ("torch_dtype", self.torch_dtype), ("variant", self.variant))
+                    if value is not None]
+        if pipeline:
+            lines += ["pipeline:"] + [f"  {key}: {_quoted(value)}" for key, value in pipeline]
+        lines.append(f"device: {_quoted(self.device)}")
+        if self.gpu_id is not None:
+            lines.append(f"gpu_id: {self.gpu_id}")
+        if self.policy != "chain":
+            lines.append(f"policy: {self.policy}")
+            for key in ("budget", "reserve"):
+                if getattr(self, key) is not None:
+                    lines.append(f"{key}: {getattr(self, key)}")  # bytes: a size every reader parses exactly
+            if not self.keep_host_copy:
+                lines.append("keep_host_copy: false")
+            if self.granularity != "component":
+                lines.append(f"granularity: {self.granularity}")
+            if not self.prefetch:
+                lines.append("prefetch: false")
+            if self.pin != "auto":
+                lines.append(f"pin: {self.pin}")
+        if self.steps is not None:
+            lines.append(f"steps: {self.steps}")
+        after: dict[str, list[str]] = {}
+        for before, name in self.edges:
+            after.setdefault(name, []).append(before)
+        if not self.sequence:
+            lines.append("components: []")
+        else:
+            lines.append("components:")
+            for name in self.sequence:
+                keys = [f"pipe: {_quoted(self.pipes[name])}"] if name in self.pipes else []
+                if after.get(name):
+                    keys.append(f"after: [{', '.join(map(_quoted, after[name]))}]")
+                lines.append(f"  {_quoted(name)}: {{{', '.join(keys)}}}")
+        for key in ("exclude", "own_hook"):
+            if getattr(self, key):
+                lines.append(f"{key}: [{', '.join(map(_quoted, sorted(getattr(self, key))))}]")
+        if self.uses is not None:
+            lines.append(f"uses: [{', '.join(map(_quoted, self.uses))}]")
+        return "\n".join(lines) + "\n"
+
     def problem(self, key: str, rule, message: str, fix: str | None = None) -> Problem:
         """A problem located at `key` of this plan's source (or at the file when the key has no place). `rule` is
         a rule object (`planner.rules.PLN301`: its fix and severity unless `fix` is given) or a rule id."""
@@ -115,3 +171,16 @@ class Plan:
         if isinstance(rule, str):
             return Problem(self.path, line, column, rule, message, fix or "")
         return rule.problem(self.path, message, fix, line, column)
+
+
+def _quoted(value) -> str:
+    """A string as a YAML scalar that reads back as itself: plain when it is a plain name, else JSON's quoting
+    (which is YAML's)."""
+    import json
+    import re
+
+    if not isinstance(value, str):
+        return str(value)
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./:-]*", value) and not value.endswith(":") and \
+        value.lower() not in ("y", "n", "yes", "no", "on", "off", "true", "false", "null")
+    return value if plain else json.dumps(value)

@@ -43,6 +43,10 @@ class Options:
     sizes: ModelSizes | None = None
     device: str = "cuda"
     schema: str = "plan.schema.json"
+    budget: str | int | None = None  # `policy: budget` within this size (8GiB, bytes), at `granularity`
+    granularity: str | None = None
+    steps: int | None = None
+    notes: tuple[str, ...] = ()  # comment lines after the header (what `planner simulate` predicts)
 
 
 def plan_text(class_name: str, options: Options = Options(), where: str = "--pipeline-class") -> str:
@@ -63,6 +67,7 @@ def plan_text(class_name: str, options: Options = Options(), where: str = "--pip
                                     "own: no plan can be put in force on it"))
     layout = _Layout.of(record)
     lines = [MODELINE.format(options.schema), *_header(record, layout)]
+    lines += [wrapped for note in options.notes for wrapped in _wrap(f"# {note}")]
     lines += ["version: 1", "pipeline:", f"  class: {class_name}"]
     if options.source is not None:
         lines.append(f"  source: {_scalar(options.source)}")
@@ -71,6 +76,13 @@ def plan_text(class_name: str, options: Options = Options(), where: str = "--pip
     if options.variant:
         lines.append(f"  variant: {_scalar(options.variant)}")
     lines.append(f"device: {options.device}")
+    if options.budget is not None:
+        budget = options.budget
+        lines += ["policy: budget", f"budget: {budget if isinstance(budget, int) else _scalar(str(budget))}"]
+        if options.granularity is not None:
+            lines.append(f"granularity: {options.granularity}")
+    if options.steps is not None:
+        lines.append(f"steps: {options.steps}")
     lines += _components(record, layout, options)
     if layout.exclude:
         lines.append(f"exclude: [{', '.join(layout.exclude)}]")

@@ -45,6 +45,17 @@ def load_plan(path: str | Path, overrides: Mapping[str, object] | None = None) -
     return plan
 
 
+def load_text(text: str, path: str = "<planner.apply>", overrides: Mapping[str, object] | None = None) -> Plan:
+    """The `Plan` in the YAML `text`, read and checked as a file would be: its problems located at `path` (a pseudo
+    path such as `<planner.apply>`), lines and columns in `text`; raises `PlanError` when any is an error."""
+    if len(text.encode("utf-8")) > planfile.MAX_PLAN_BYTES:
+        raise PlanError([Problem(path, 0, 0, "PLN000", f"the plan text is over {planfile.MAX_PLAN_BYTES} bytes")])
+    plan, problems = check_document(loader.load(text.encode("utf-8"), path), overrides)
+    if plan is None:
+        raise PlanError(problems)
+    return plan
+
+
 def check_document(doc: Document, overrides: Mapping[str, object] | None = None) -> tuple[Plan | None, list[Problem]]:
     """The loaded document's `Plan` (None when any of its problems is an error) and its problems, in source order:
     the file's own rules (schema, device, graph), not the pipeline class's."""
@@ -109,6 +120,7 @@ class _RulesRun:
             edges=tuple(self.edges), policy=data.get("policy", "chain"), **_budget_keys(data),
             pipeline_class=pipe.get("class"), pipeline_source=pipe.get("source"),
             torch_dtype=pipe.get("torch_dtype"), variant=pipe.get("variant"), locations=locations,
+            text=doc.text if not ctx.flags else None,  # overridden: the text no longer says what the plan is
         )
 
 

@@ -140,7 +140,7 @@ def build_inputs(root: Path) -> dict[str, str]:
             "scratch": str(root / "scratch")}
 
 
-_SECONDS = re.compile(r"(?<![\w.])[0-9]+\.[0-9]{3}s\b")
+_SECONDS = re.compile(r" *(?<![\w.])[0-9]+\.[0-9]{3}s\b")  # with the padding before it: its width varies
 # what a dry run says this host could pin: the host's own memory, which no recording can fix
 _SPARE = re.compile(r"(would pin \S+ \S+ of )[0-9.]+ [KMGT]?i?B( the host can spare)")
 
@@ -149,7 +149,7 @@ def normalise(text: str, root: str) -> str:
     """`text` with the run's folders as PLACEHOLDER, the repository as `<ROOT>`, measured seconds as `<S>s` and
     this host's spare memory as `<HOST>`."""
     text = text.replace(root, PLACEHOLDER).replace(str(ROOT), "<ROOT>")
-    return _SPARE.sub(r"\1<HOST>\2", _SECONDS.sub("<S>s", text))
+    return _SPARE.sub(r"\1<HOST>\2", _SECONDS.sub(" <S>s", text))
 
 
 def run(argv: list[str], root: str) -> dict:

@@ -200,3 +200,94 @@ def test_a_budget_beyond_everything_keeps_everything_and_moves_nothing(sdxl):
     plan, found_blocks = sdxl
     result = blocksim.simulate(plan, found_blocks, (1 << 64) - 1, spare=SPARE)
     assert result.rows["block"].h2d_bytes == 0 == result.rows["component"].h2d_bytes and result.ours.exact
+
+
+# -- --block-ms per block kind ---------------------------------------------------------------------------------
+BLOCK_ARGS = ("--budget", "6GiB", "--granularity", "block", "--steps", "30", "--host-spare", "8GiB")
+
+
+def test_block_ms_takes_a_table_of_kinds_and_says_where_exposed_time_accrues(capsys, real_sized):
+    code, out, err = run_cli(capsys, "simulate", SDXL_PLAN, "--model", real_sized["sdxl"], *BLOCK_ARGS,
+                             "--block-ms", "unet/down_blocks=4,up_blocks=3,default=0.5")
+    assert code == 0, err
+    assert "compute per block kind (--block-ms): unet/down_blocks 4 ms, up_blocks 3 ms, default 0.5 ms" in out
+    exposed = [line for line in out.splitlines() if line.startswith("exposed, ")]
+    assert [line.split(":")[0] for line in exposed] == ["exposed, block", "exposed, component",
+                                                        "exposed, group_offloading", "exposed, mmgp"]
+    assert "unet" in exposed[2] and "streamed block copy longer than the compute of the block before it" in exposed[2]
+    code, out, _ = run_cli(capsys, "simulate", SDXL_PLAN, "--model", real_sized["sdxl"], *BLOCK_ARGS,
+                           "--block-ms", "unet/down_blocks=4,up_blocks=3,default=0.5", "--format", "json")
+    data = json.loads(out)
+    assert data["block_seconds"] is None and data["block_ms"] == {"unet/down_blocks": 4, "up_blocks": 3,
+                                                                  "default": 0.5}
+    group = data["policies"]["group_offloading"]
+    breakdown = group["exposed_by_component"]
+    assert sum(c["exposed_s"] for c in breakdown.values()) == pytest.approx(group["exposed_s"])
+    assert breakdown["unet"]["stream_s"] > 0 and breakdown["unet"]["worst_forward"]["exposed_s"] > 0
+
+
+def test_block_ms_from_a_file_is_the_same_as_the_table(capsys, tmp_path, real_sized):
+    table = tmp_path / "block_ms.json"
+    table.write_text(json.dumps({"device": "a GPU", "block_ms": {"unet/down_blocks": 4, "default": 0.5}}))
+    runs = [run_cli(capsys, "simulate", SDXL_PLAN, "--model", real_sized["sdxl"], *BLOCK_ARGS, "--block-ms", given,
+                    "--format", "json")[1] for given in (f"@{table}", "unet/down_blocks=4,default=0.5")]
+    assert runs[0] == runs[1]
+
+
+def test_a_single_figure_is_every_block_as_before(capsys, real_sized):
+    code, out, _ = run_cli(capsys, "simulate", SDXL_PLAN, "--model", real_sized["sdxl"], *BLOCK_ARGS,
+                           "--block-ms", "2", "--format", "json")
+    assert code == 0 and json.loads(out)["block_seconds"] == 0.002 and "block_ms" not in json.loads(out)
+    _, table, _ = run_cli(capsys, "simulate", SDXL_PLAN, "--model", real_sized["sdxl"], *BLOCK_ARGS,
+                          "--block-ms", "default=2", "--format", "json")
+    policies, single = json.loads(table)["policies"], json.loads(out)["policies"]
+    assert policies["block"] == single["block"]  # default: every block but REST, as the single figure
+    # with a table, a REST that merges blocks (group offloading's text encoders, whole components) computes them
+    assert policies["group_offloading"]["compute_s"] > single["group_offloading"]["compute_s"]
+    assert policies["component"]["compute_s"] > single["component"]["compute_s"] == 0
+
+
+def test_a_kind_that_names_no_block_is_a_usage_error_naming_the_flag(capsys, real_sized):
+    with pytest.raises(SystemExit) as caught:
+        main(["simulate", str(SDXL_PLAN), "--model", str(real_sized["sdxl"]), *BLOCK_ARGS,
+              "--block-ms", "unet/transformer_blocks=2,default=1"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and len(err.splitlines()) == 1
+    assert "--block-ms: 'unet/transformer_blocks' names no block of the model" in err
+    assert "unet/down_blocks" in err and "Traceback" not in err
+
+
+def _bad_files(tmp_path):
+    import os
+
+    (tmp_path / "not.json").write_text("{block_ms")
+    (tmp_path / "shape.json").write_text(json.dumps({"ms": {"default": 1}}))
+    (tmp_path / "negative.json").write_text(json.dumps({"block_ms": {"default": -1}}))
+    (tmp_path / "text.json").write_text(json.dumps({"block_ms": {"default": "1"}}))
+    os.mkfifo(tmp_path / "fifo.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ("-1", "must be milliseconds from 0 to 1000000"),
+    ("default=-1", "default: must be milliseconds"),
+    ("default=fast", "default: must be milliseconds"),
+    ("unet/down_blocks=1,unet/down_blocks=2", "given twice"),
+    ("=1", "must be MS, KIND=MS,... or @FILE.json"),
+    ("@", "name a JSON file after the @"),
+    ("@{d}/missing.json", "cannot read missing.json"),
+    ("@{d}/not.json", "not.json is not valid JSON"),
+    ("@{d}/shape.json", 'must hold {"block_ms": {KIND: MS, ...}}'),
+    ("@{d}/negative.json", "default: must be milliseconds from 0 to 1000000, not -1"),
+    ("@{d}/text.json", 'default: must be milliseconds from 0 to 1000000, not "1"'),
+    ("@{d}/fifo.json", "cannot read fifo.json: a named pipe (FIFO), not a regular file"),
+])
+def test_a_bad_block_ms_exits_2_with_one_line_naming_the_flag(capsys, tmp_path, given, said):
+    folder = _bad_files(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(["simulate", str(SDXL_PLAN), "--granularity", "block", "--budget", "6GiB",
+              "--block-ms", given.format(d=folder)])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "argument --block-ms" in err and said in err, err
+    errors = [line for line in err.splitlines() if "error" in line]  # argparse's usage, then the one line
+    assert errors == [err.strip().splitlines()[-1]] and "Traceback" not in err

@@ -882,3 +882,17 @@ def test_a_closed_standard_output_is_one_line_and_exit_2_never_a_traceback():
                               capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr == "planner: error: standard output is closed: nothing can be written\n"
+
+
+def test_a_reader_that_leaves_during_one_large_write_gives_141():
+    """`planner simulate ... --calls 1000 --format json | head -c 1`: the reader leaves while the 5 MB document is
+    being written; a write(2) cut short returns a short count, no EPIPE, so the output is written a pipe's worth at
+    a time and the next piece raises (141, as `yes | head -c 1`), never a silent exit 0."""
+    argv = ["simulate", str(ROOT / "plans" / "flux.1-dev.yaml"), "--sizes",
+            "transformer=12GB,text_encoder=200MB,text_encoder_2=9GB,vae=160MB,image_encoder=none",
+            "--budget", "16GiB", "--calls", "1000", "--format", "json"]
+    proc = subprocess.Popen(PLANNER + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout.read(1) == b"{"
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, b"")

@@ -26,6 +26,7 @@ from test_applied import attributes, state  # noqa: E402
 from planner.budget import decide  # noqa: E402
 from planner.executor import blocks as exec_blocks  # noqa: E402
 from planner.executor import hooks, reasons, weights  # noqa: E402
+from planner.executor.hooks import key_of  # noqa: E402
 from planner.executor.modules import module_bytes  # noqa: E402
 
 DENOISERS = blocks.DENOISERS
@@ -247,6 +248,44 @@ def test_prefetch_copies_the_next_streamed_block_while_the_current_one_runs(tiny
         assert applied.trace.calls[2].peak_resident_bytes <= least
         applied.remove()
     assert overlaps == {True: 2, False: 1}  # one block arriving while one runs; without prefetch one at a time
+
+
+def test_prefetch_copies_the_next_forwards_first_streamed_block_before_that_forward_starts(tiny_builds, tmp_path,
+                                                                                          fired, monkeypatch):
+    pipe, components, uses, steps = probed("sd", tiny_builds, tmp_path, fired)
+    steps = 3
+    least, _ = budgets(pipe, write_plan(tmp_path, components, 1, uses=uses, steps=steps, name="size.yaml"))
+    log: list[tuple[str, str]] = []  # ("use", component) as a forward starts, ("load", key) as a block loads
+    original = exec_blocks.BlockResidency.use
+
+    def use(residency, name):
+        log.append(("use", name))
+        original(residency, name)
+
+    monkeypatch.setattr(exec_blocks.BlockResidency, "use", use)
+    applied = planner.apply(pipe, write_plan(tmp_path, components, least, uses=uses, steps=steps), dry_run=True)
+    loading = applied.trace.load
+    monkeypatch.setattr(applied.trace, "load", lambda key, reason=None: (log.append(("load", key)),
+                                                                          loading(key, reason))[-1])
+    for _ in range(2):
+        log.clear()
+        applied(**call_kwargs("sd", steps))
+    trace, schedule, residency = applied.trace, applied.schedule, applied._installer.residency
+    starts = [i for i, (kind, _) in enumerate(log) if kind == "use"]
+    ahead = 0
+    for previous, at in zip(starts, starts[1:], strict=False):
+        name = log[at][1]
+        order = next((v for (c, _), v in residency.order.items() if c == name), ())
+        streamed = [b for b in order if (name, b) in schedule.streamed]
+        if streamed and ("load", key_of(name, streamed[0])) in log[previous:at]:
+            ahead += 1  # copied during the forward before this one
+    unet_steps = sum(1 for kind, name in log if kind == "use" and name == "unet")
+    assert ahead >= unet_steps - 1  # every step after the first finds its first block arriving or there
+    assert trace.calls[1].loaded_bytes == schedule.first_call_bytes
+    assert trace.calls[2].loaded_bytes == schedule.h2d_bytes
+    assert trace.calls[2].peak_resident_bytes <= schedule.peak_bytes <= least
+    assert reasons.PREFETCH_UNUSED not in {e.reason for e in trace.events}
+    applied.remove()
 
 
 # -- reality other than the script ------------------------------------------------------------------------------

@@ -543,6 +543,22 @@ def test_a_component_without_weights_is_pln403(tmp_path):
     assert dict(found.components) == {}
 
 
+def test_a_folder_of_variant_files_only_says_which_variant_to_pass(tmp_path, capsys):
+    root = small_pipeline(tmp_path / "p", vae=VAE, text_encoder=TEXT)
+    for name, base in (("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (root / name / f"{base}.safetensors").rename(root / name / f"{base}.fp16.safetensors")
+    found, problems = reader.read(root)
+    assert [p.rule for p in problems] == ["PLN403"] * 2
+    assert all("holds only the fp16 variant" in p.message and p.fix.startswith("pass --variant fp16")
+               for p in problems)
+    found, problems = reader.read(root, variant="fp16")
+    assert problems == [] and set(found.components) == {"vae", "text_encoder"}
+    from planner.cli import main
+
+    assert main(["inspect", str(root)]) == 1
+    assert "pass --variant fp16" in capsys.readouterr().err
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_random_bytes_never_raise(data):

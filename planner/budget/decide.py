@@ -86,6 +86,12 @@ def least_components(plan: Plan, sizes: Mapping[str, int]) -> Least:
     return Least(resident + size, largest, size, resident)
 
 
+def granularity_for(plan: Plan, sizes: Mapping[str, int], budget: int) -> str:
+    """What the budget policy should move for `plan` within `budget`, from each model component's bytes: whole
+    components when the least they need (`least_components`) is within it, else block by block."""
+    return "component" if least_components(plan, sizes).needed <= budget else "block"
+
+
 def block_model_for(plan: Plan, blocks: Mapping[str, Mapping[str, int]], budget: int, *, steps: int | None = None,
                     prefetch: bool | None = None) -> block_model.Model:
     """The block model of `plan` on `blocks` ({component: {block: bytes}}), at block granularity."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from planner.cli.common import APPLY_EXTRA, existing, fail, progress, require_apply_extra, usage
+from planner.cli.common import APPLY_EXTRA, existing, fail, progress, require_apply_extra, usage, write
 from planner.cli.paths import apply_path_problem, clobbers, folder_problem
 from planner.plan import PlanError
 from planner.validate import load_plan
@@ -22,7 +22,8 @@ def apply(args, parser) -> int:
         usage(parser, "apply", problem)
     overrides = {key: value for key, value in (("device", args.device), ("gpu_id", args.gpu_id),
                                                ("pipeline.torch_dtype", args.dtype), ("pipeline.variant", args.variant),
-                                               ("policy", args.policy), ("budget", args.budget))
+                                               ("policy", args.policy), ("budget", args.budget),
+                                               ("granularity", args.granularity))
                  if value is not None}
     try:
         plan = load_plan(existing(args.plan, parser, "apply"), overrides)
@@ -48,7 +49,7 @@ def apply(args, parser) -> int:
     except OSError as exc:  # writing the outputs at the end: the disk filled up, a folder went away
         sys.stderr.write(f"planner apply: error: {exc}\n")
         return 1
-    sys.stdout.write(report)
+    write(report)
     return 0
 
 

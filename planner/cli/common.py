@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
+import threading
+import time
 
 from planner.plan import Problem
 from planner.report.common import visible
@@ -22,8 +25,21 @@ exit status:
 APPLY_EXTRA = "pip install 'offload-planner[apply]'"
 
 
+CHUNK = 1 << 16  # what a pipe holds: a larger write(2) that the reader leaves part-way returns a short count, no error
+
+
 def write(text: str) -> None:
-    """`text` on stdout; an output encoding that cannot show a name's characters gets escapes, never a failure."""
+    """`text` on stdout; an output encoding that cannot show a name's characters gets escapes, never a failure.
+
+    Written and flushed a pipe's worth at a time: a reader that leaves in the middle of one large write(2) makes it
+    return short, without EPIPE, and Python drops the rest silently (exit 0 under `| head -c 1`); the next chunk's
+    write then raises BrokenPipeError, which `planner.cli.main` turns into 141."""
+    for start in range(0, len(text), CHUNK):
+        _write(text[start:start + CHUNK])
+        sys.stdout.flush()
+
+
+def _write(text: str) -> None:
     try:
         sys.stdout.write(text)
     except UnicodeEncodeError:
@@ -74,10 +90,15 @@ def usage(parser, command: str, message: str) -> None:
 
 
 def fail_lines(problems: list[Problem]) -> int:
-    """Exit 1 with each problem on one line of stderr (escaped as every report is), for commands that read no
-    plan file: a summary counting plans would say nothing true."""
-    for problem in problems:
-        sys.stderr.write(visible(str(problem)) + "\n")
+    """Exit 1 with each problem on one line of stderr (escaped and cut as every report is), at most
+    MAX_PROBLEMS_PER_FILE of them and the rest counted, for commands that read no plan file: a summary counting
+    plans would say nothing true."""
+    from planner.report.common import MAX_PROBLEMS_PER_FILE, clip, plural
+
+    for problem in problems[:MAX_PROBLEMS_PER_FILE]:
+        sys.stderr.write(clip(visible(str(problem))) + "\n")
+    if len(problems) > MAX_PROBLEMS_PER_FILE:
+        sys.stderr.write(f"... and {plural(len(problems) - MAX_PROBLEMS_PER_FILE, 'more problem')}\n")
     return 1
 
 
@@ -86,3 +107,44 @@ def fail(problems: list[Problem]) -> int:
 
     sys.stderr.write(text.render(problems, sorted({p.path for p in problems})))
     return 1
+
+
+WORKING_DELAY = 1.0  # seconds of silence before long work says what it is doing
+
+
+@contextlib.contextmanager
+def working(command: str, what: str, args=None):
+    """Around work that may take seconds (a block solve, a long simulation): after WORKING_DELAY, one line on
+    stderr, `planner COMMAND: WHAT...`, ended with `done in X s` (or a bare line break when the work fails). Only
+    when stderr is a terminal, and with --format json only when stdout is one too (a JSON pipe stays quiet)."""
+    stream = sys.stderr
+    if not _is_terminal(stream) or (getattr(args, "format", None) == "json" and not _is_terminal(sys.stdout)):
+        yield
+        return
+    started, said = time.monotonic(), threading.Event()
+
+    def say():
+        stream.write(f"planner {command}: {what}...")
+        stream.flush()
+        said.set()
+
+    timer = threading.Timer(WORKING_DELAY, say)
+    timer.daemon = True
+    timer.start()
+    ended = "\n"
+    try:
+        yield
+        ended = f" done in {time.monotonic() - started:.1f} s\n"
+    finally:
+        timer.cancel()
+        timer.join()  # a line being written is finished before the end is written after it
+        if said.is_set():
+            stream.write(ended)
+            stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # a closed stream
+        return False

@@ -7,6 +7,7 @@ Each command's `run` is its function in `planner.cli.validate`, `.folder`, `.sim
 from __future__ import annotations
 
 import argparse
+import json
 import re
 
 from planner import __version__
@@ -76,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
                       help="pipeline.torch_dtype, and the dtype the sizes are shown at")
     init.add_argument("--variant", metavar="NAME", help="pipeline.variant (weights such as *.fp16.safetensors)")
     init.add_argument("--device", default="cuda", help="the plan's device (default: %(default)s)")
+    init.add_argument("--budget", type=_size_text, metavar="SIZE", help="with --model: a budget plan within SIZE "
+                      "(12GiB, bytes), at the granularity that fits (whole components when they do, else block by "
+                      "block), with what planner simulate predicts for it as comments")
+    init.add_argument("--steps", type=_steps, metavar="N", help="with --budget: the denoising steps per call the "
+                      "plan is written for (steps: N)")
     init.add_argument("-o", "--output", metavar="FILE", help="write the plan here instead of printing it; an "
                       "existing file is kept unless --force")
     init.add_argument("--force", action="store_true", help="overwrite FILE")
@@ -112,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
                        "offload) or budget (keep what fits within the budget); checked by the same rules")
     apply.add_argument("--budget", metavar="SIZE", help="override the plan's budget (8GiB, 512MB, bytes; checked by "
                        "the same rules): the bytes of weights the budget policy may keep on the device")
+    apply.add_argument("--granularity", metavar="GRANULARITY", help="override the plan's granularity: component "
+                       "(whole components) or block (block by block, as planner simulate --granularity); checked "
+                       "by the same rules")
     apply.add_argument("--dry-run", action="store_true",
                        help="install the same hooks with the CPU as execution device and trace what would move")
     apply.add_argument("--trace-json", metavar="PATH", help="write the transfer trace as JSON; missing folders are "
@@ -160,8 +169,11 @@ def parser() -> argparse.ArgumentParser:
     block_flags.add_argument("--bandwidth", type=_bandwidth, metavar="PINNED[,PAGEABLE]",
                            help="host-to-device GB/s from pinned and from pageable memory (default: 24,12; one "
                            "figure: pageable is half of it)")
-    block_flags.add_argument("--block-ms", type=_block_ms, metavar="MS",
-                           help="compute time of one block in milliseconds, for how much prefetch hides (default: 0)")
+    block_flags.add_argument("--block-ms", type=_block_ms, metavar="MS|KIND=MS,...|@FILE",
+                           help="compute time of a block in milliseconds, for how much prefetch hides (default: 0): "
+                           "one figure for every block, or per block kind (component/kind, kind or default: "
+                           "transformer/transformer_blocks=2.6,default=0.5), or @FILE.json holding {\"block_ms\": "
+                           "{KIND: MS}} (benchmarks/gpu_suite.py writes it)")
     block_flags.add_argument("--host-spare", type=_size, metavar="SIZE",
                            help="host memory pinning may take (default: what this host can spare, its container's "
                            "limit included)")
@@ -213,7 +225,64 @@ def _number_in(low: float, high: float, words: str, *, low_open: bool = False):
 
 
 _gbps = _number_in(0.0, 10_000.0, "a speed in GB/s above 0 and at most 10000", low_open=True)
-_block_ms = _number_in(0.0, 1e6, "milliseconds from 0 to 1000000")
+_ms = _number_in(0.0, 1e6, "milliseconds from 0 to 1000000")
+_KIND = re.compile(r"[A-Za-z0-9_.]+(/[A-Za-z0-9_.]+)?")
+
+
+def _block_ms(text: str):
+    """An argparse type: `--block-ms MS` (every block, REST aside: a float of milliseconds, as before), a table
+    `KIND=MS,...` or `@FILE.json` ({"block_ms": {KIND: MS}}) -> `planner.budget.timing.BlockTimes`. KIND is
+    `component/kind`, `kind` (every component) or `default`."""
+    from planner.budget.timing import BlockTimes
+
+    if text.startswith("@"):
+        return BlockTimes.from_ms(_block_ms_file(text[1:]))
+    if "=" not in text:
+        return _ms(text)
+    table: dict[str, float] = {}
+    for item in text.split(","):
+        kind, equals, ms = item.strip().partition("=")
+        kind = kind.strip()
+        if not equals or not _KIND.fullmatch(kind):
+            raise argparse.ArgumentTypeError(f"must be MS, KIND=MS,... or @FILE.json, not {item!r} in {text!r}")
+        if kind in table:
+            raise argparse.ArgumentTypeError(f"{kind!r} given twice in {text!r}: keep one")
+        try:
+            table[kind] = _ms(ms.strip())
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{kind}: {exc}") from None
+    return BlockTimes.from_ms(table)
+
+
+def _block_ms_file(name: str) -> dict[str, float]:
+    """The {kind: ms} table of a `--block-ms @FILE.json` file: {"block_ms": {KIND: MS, ...}} (other keys ignored);
+    a file that is missing, not a regular file (a FIFO), not JSON or not that shape is refused in one line."""
+    from pathlib import Path
+
+    from planner.folder.files import read_json
+
+    if not name:
+        raise argparse.ArgumentTypeError("@: name a JSON file after the @ (@block_ms.json)")
+    data, why = read_json(Path(name))
+    if why:
+        raise argparse.ArgumentTypeError(f"@{name}: {why}")
+    table = data.get("block_ms") if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise argparse.ArgumentTypeError(f"@{name}: must hold {{\"block_ms\": {{KIND: MS, ...}}}}, a kind to "
+                                         "milliseconds table")
+    found = {}
+    for kind, ms in table.items():
+        if not _KIND.fullmatch(kind):
+            raise argparse.ArgumentTypeError(f"@{name}: {kind!r} is not a block kind (component/kind, kind or "
+                                             "default)")
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 1e6:
+            raise argparse.ArgumentTypeError(f"@{name}: {kind}: must be milliseconds from 0 to 1000000, not "
+                                             f"{json.dumps(ms)}")
+        found[kind] = float(ms)
+    return found
+
+
+_block_ms.__name__ = "MS, KIND=MS,... or @FILE.json"
 
 
 def _bandwidth(text: str) -> tuple[float, float]:
@@ -239,6 +308,13 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _size_text(text: str) -> str | int:
+    """An argparse type: a size as `_size` checks it, kept as written (the plan says `budget: 12GiB`); bytes as an
+    integer."""
+    size = _size(text)
+    return size if text.strip().isdigit() else text.strip()
+
+
 def _sizes(text: str) -> dict:
     """An argparse type: `--sizes NAME=SIZE,...` (`planner.simulate.components.parse_sizes`)."""
     from planner.simulate.components import parse_sizes
@@ -249,4 +325,5 @@ def _sizes(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-_size.__name__, _sizes.__name__ = "a size", "NAME=SIZE,..."  # argparse's own messages name the type by it
+# argparse's own messages name the type by it
+_size.__name__, _sizes.__name__, _size_text.__name__ = "a size", "NAME=SIZE,...", "a size"

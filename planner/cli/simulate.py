@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from planner.cli.common import existing, fail, fail_lines, usage, visible_text, write
+from planner.cli.common import existing, fail, fail_lines, usage, visible_text, working, write
 from planner.cli.paths import output_problem
 from planner.plan import PlanError
 from planner.report.common import is_error, visible
@@ -49,7 +49,9 @@ def simulate(args, parser) -> int:
     try:
         sizes, where = (given, "--sizes") if given is not None else _folder_sizes(args, plan, parser)
         calls = args.calls if args.calls is not None else simulate.DEFAULT_CALLS
-        result = simulate.simulate(plan, sizes, calls, args.budget, where=where, complete=given is not None)
+        with working("simulate", f"simulating {calls} call{'s' if calls != 1 else ''} of {len(plan.call_order)} "
+                     "component uses under every policy", args):
+            result = simulate.simulate(plan, sizes, calls, args.budget, where=where, complete=given is not None)
     except PlanError as exc:
         return _fail_simulation(exc)
     _write_simulation(args, result, simulate.render_text)
@@ -93,14 +95,39 @@ def _simulate_blocks(args, parser, plan) -> int:
         table, _ = _folder_table(args, plan, parser)
         dtype = plan.torch_dtype or table.torch_dtype
         component_blocks = {name: c.blocks(dtype) for name, c in table.components.items()}
-        result = blocksim.simulate(plan, component_blocks, args.budget if args.budget is not None else plan.budget,
-                                   pieces=lambda name, splits: table.components[name].blocks(dtype, splits),
-                                   bandwidth=args.bandwidth, block_seconds=(args.block_ms or 0.0) / 1000,
-                                   spare=args.host_spare, budget_flag="--budget" if args.budget is not None else None)
+        per_block = _block_seconds(args.block_ms, component_blocks, parser)
+        with working("simulate", solving_message(component_blocks, plan.steps), args):
+            result = blocksim.simulate(plan, component_blocks, args.budget if args.budget is not None else plan.budget,
+                                       pieces=lambda name, splits: table.components[name].blocks(dtype, splits),
+                                       bandwidth=args.bandwidth, block_seconds=per_block, spare=args.host_spare,
+                                       budget_flag="--budget" if args.budget is not None else None)
     except PlanError as exc:
         return _fail_simulation(exc)
     _write_simulation(args, result, blocksim.render_text)
     return 0
+
+
+def _block_seconds(block_ms, component_blocks, parser):
+    """--block-ms as the time model takes it: seconds for every block (a number), or its table of kinds, each of
+    which must name some block of the model (else a usage error naming the flag)."""
+    if block_ms is None or isinstance(block_ms, (int, float)):
+        return (block_ms or 0.0) / 1000
+    keys = [(c, b) for c, blocks in component_blocks.items() for b in blocks]
+    unmatched = block_ms.unmatched(keys)
+    if unmatched:
+        from planner.budget.timing import block_kind
+
+        kinds = sorted({f"{c}/{block_kind(b)}" for c, b in keys})
+        usage(parser, "simulate", f"--block-ms: {', '.join(map(repr, unmatched))} names no block of the model: its "
+              f"kinds are {', '.join(kinds)} (or default)")
+    return block_ms
+
+
+def solving_message(component_blocks: dict, steps: int | None) -> str:
+    """What a block simulation says it is doing while it takes long."""
+    blocks = sum(len(b) for b in component_blocks.values())
+    steps = steps or 1
+    return f"solving the block schedule ({blocks} blocks, {steps} step{'s' if steps != 1 else ''} per call)"
 
 
 def _fail_simulation(exc: PlanError) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from planner.cli.common import existing, fail, usage, visible_text, write
 from planner.discover import Entry, discover
@@ -88,5 +87,5 @@ def show(args, parser) -> int:
 def schema(args, parser) -> int:
     from planner.rules.schema import schema_text
 
-    sys.stdout.write(schema_text())
+    write(schema_text())
     return 0

@@ -88,8 +88,14 @@ class Snapshot:
 _pristine: "weakref.WeakValueDictionary[int, Snapshot]" = weakref.WeakValueDictionary()
 
 
-def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = None, at=None) -> "AppliedPlan":
+def apply(pipe, plan: Plan | str | None = None, dry_run: bool = False, *, budget: str | int | None = None,
+          steps: int | None = None, calls: int | None = None, at=None) -> "AppliedPlan":
     """Install `plan` on the diffusers pipeline `pipe` and return the handle that undoes it.
+
+    Without a plan, the plan `planner init` writes for the pipeline's class (diffusers' chain, exactly); with
+    `budget` (8GiB, bytes; `steps`: the denoising steps a block schedule is planned for) the budget policy, whole
+    components when they fit and block by block when they do not (`planner.executor.oneline`). The handle's
+    `plan.to_yaml()` prints the plan used.
 
     Everything is checked before anything changes; a bad combination raises `PlanError` (located at the plan)
     and leaves `pipe` untouched, and a failure part-way rolls back to the state before the call. With
@@ -102,7 +108,14 @@ def apply(pipe, plan: Plan | str, dry_run: bool = False, *, calls: int | None = 
     fix)` locates the budget policy's problems (default `plan.problem`; `planner apply` points at its flags).
     """
     compat.require()
-    if not isinstance(plan, Plan):
+    if plan is None:
+        from planner.executor.oneline import plan_for
+
+        plan = plan_for(pipe, budget, steps)
+    elif budget is not None or steps is not None:
+        raise TypeError("apply(pipe, plan, budget=..., steps=...): write budget and steps in the plan, or pass no "
+                        "plan: apply(pipe, budget=...) builds it")
+    elif not isinstance(plan, Plan):
         plan = load_plan(plan)
     problems = [plan.problem(*found) for found in device_problems(plan.device, plan.gpu_id)]
     if problems:  # a Plan built by hand skipped the rules

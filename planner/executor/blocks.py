@@ -29,13 +29,14 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
 from planner.blocknames import REST, block_order, piece_of
 from planner.budget import blocks, decide, problems
 from planner.budget.blocks import BlockSchedule, Forward
+from planner.executor.copiers import StreamCopier, SyncCopier, copier_for  # noqa: F401 (the names tests use)
 from planner.executor.hooks import key_of
 from planner.executor.reasons import (
     AFTER_OFFLOAD_ALL,
@@ -50,7 +51,7 @@ from planner.executor.reasons import (
     UNPLANNED_FORWARD,
     UNPREDICTED,
 )
-from planner.executor.weights import HOST, BlockWeights, RestWeights, Weights, evict, finish_call
+from planner.executor.weights import HOST, BlockWeights, RestWeights, Weights, check, evict, finish_call
 from planner.plan import PlanError
 
 
@@ -128,56 +129,6 @@ def _outermost(block: str, modules: Mapping[str, torch.nn.Module]) -> str:
     return block
 
 
-class SyncCopier:
-    """Copies made where the caller runs (a dry run, a CPU, a device without streams): a prefetch is the same
-    load made at the same point, synchronously."""
-
-    def copy(self, load: Callable[[], list[torch.Tensor]]):
-        load()
-        return None
-
-    def wait(self, event) -> None:
-        """Nothing to wait for: the copy is done."""
-
-
-class StreamCopier:
-    """Copies on a CUDA side stream, so that the next block arrives while the current one computes. `copy` runs
-    the load with the side stream current (its allocations and copies are ordered there) and returns an event
-    recorded after it; every tensor it put on the device is marked as used by the compute stream
-    (`record_stream`), so the allocator never hands its memory to a later copy while a kernel may still read it.
-    `wait` makes the compute stream wait for that event before the block runs (or is dropped). `cuda` stands in
-    for `torch.cuda` in tests."""
-
-    def __init__(self, device: torch.device, cuda=None):
-        self.cuda = cuda if cuda is not None else torch.cuda
-        self.device = device
-        self.stream = self.cuda.Stream(device=device)
-
-    def copy(self, load: Callable[[], list[torch.Tensor]]):
-        with self.cuda.stream(self.stream):
-            tensors = load()
-            event = self.cuda.Event()
-            event.record(self.stream)
-        compute = self.cuda.current_stream(self.device)
-        for tensor in tensors:
-            self.record(tensor, compute)
-        return event
-
-    def record(self, tensor: torch.Tensor, stream) -> None:
-        tensor.record_stream(stream)
-
-    def wait(self, event) -> None:
-        if event is not None:
-            self.cuda.current_stream(self.device).wait_event(event)
-
-
-def copier_for(device: torch.device, prefetch: bool):
-    """A `StreamCopier` where prefetch can overlap (a CUDA device torch reaches), else `SyncCopier`."""
-    if prefetch and device.type == "cuda" and torch.cuda.is_available():
-        return StreamCopier(device)
-    return SyncCopier()
-
-
 @dataclass
 class RunningForward:
     """The forward running now: its component, the script's `forward` it follows (None: one the script has no
@@ -228,6 +179,8 @@ class BlockResidency:
         self.on: dict[str, None] = {}  # on the device now, least recently used first
         self.why: dict[str, str | None] = {}  # the reason each block on the device was loaded for
         self.events: dict[str, object] = {}  # prefetched blocks whose copy may still run
+        self.clean: set[str] = set()  # on the device and unchanged but by the pipeline since this call's start
+        self.ahead: tuple[int, str] | None = None  # (script index, block): prefetched for the next forward
         self.order: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}  # blocks as they last ran per forward
         self.open: RunningForward | None = None
         self.outside: set[str] = set()
@@ -265,6 +218,7 @@ class BlockResidency:
                 self.copier.wait(self.events.pop(key))
             self.weights[key].forget()
             del self.on[key]
+            self.clean.discard(key)
             self.why.pop(key, None)
             self.trace.offload(key, MOVED)
         self.trace.sizes = self.sizes
@@ -298,9 +252,10 @@ class BlockResidency:
 
     def _forget_component(self, name: str, reason: str) -> None:
         keys = [k for k in self.weights if k == name or k.startswith(name + "/")]
+        self._check([k for k in keys if k in self.on])
         for key in keys:
             if key in self.on:
-                self._evict(key, reason)
+                self._evict(key, reason, trusted=True)
         for key in keys:
             del self.weights[key], self.sizes[key]
         del self.modules[name], self.partitions[name]
@@ -345,6 +300,7 @@ class BlockResidency:
                 self._load(name, AFTER_OFFLOAD_ALL)
             return
         j = self._match(name)
+        self._drop_ahead(j)
         if j is not None:
             self._close()
             self._follow(j)
@@ -361,6 +317,8 @@ class BlockResidency:
         self.started, self.cursor, self.seen, self.open = self.trace.call, 0, set(), None
         moved = any(key not in self.fixed for key in self.on)
         self.states = self.steady if moved else self.first
+        self._check(list(self.on))  # what stayed on the device across the call boundary, in one synchronisation
+        self.clean = set(self.on)
 
     def _match(self, name: str) -> int | None:
         """The script's next forward of `name`, passing over forwards of components this call ran already (the
@@ -375,7 +333,8 @@ class BlockResidency:
         blocks come (REST first), and the first streamed block is prefetched."""
         f, state = self.script[j], self.states[j]
         self.cursor = j + 1
-        self._realign(state)
+        ahead, self.ahead = self.ahead, None
+        self._realign(state | ({key_of(f.component, ahead[1])} if ahead is not None else set()))
         held = [key_of(f.component, b) for b in f.held]
         for key in held:
             if key not in self.on:
@@ -385,6 +344,8 @@ class BlockResidency:
             self._touch(key)
         seen = self.order.get((f.component, f.blocks))
         self.open = RunningForward(f.component, f, None, set(f.streamed), ordered=seen is not None)
+        if ahead is not None and key_of(f.component, ahead[1]) in self.on:
+            self.open.pending = ahead[1]  # its first streamed block, copied during the forward before
         self._prefetch(self.open)
 
     def _again(self, name: str) -> None:
@@ -485,12 +446,42 @@ class BlockResidency:
         seen = self.order[(f.component, f.blocks)]
         ahead = next((b for b in seen[len(open.ran):] if b in f.streamed), None)
         if ahead is None:
+            self._prefetch_next()
             return
         key = key_of(f.component, ahead)
         if key in self.on or self.device_bytes() + self.sizes[key] > self.budget:
             return
         self._load(key, None, ahead=True)
         open.pending = ahead
+
+    def _prefetch_next(self) -> None:
+        """The running forward has no streamed block left to prefetch: start copying the next forward's first
+        streamed block (of whatever component: the next step's, the vae's after the last step), in the order its
+        blocks ran last time, when the budget has room for it both now and once the next forward holds what the
+        script has it hold (and never above the schedule's peak, which the simulation reports)."""
+        n = self.cursor
+        if self.ahead is not None or n >= len(self.script) or self.schedule is None:
+            return
+        nf = self.script[n]
+        seen = self.order.get((nf.component, nf.blocks))
+        first = next((b for b in seen or () if b in nf.streamed), None)
+        if first is None:
+            return
+        key = key_of(nf.component, first)
+        then = self.states[n] | {key_of(nf.component, b) for b in nf.held} | (self.fixed & self.on.keys())
+        need = max(self.device_bytes(), sum(self.sizes.get(k, 0) for k in then)) + self.sizes[key]
+        if key in self.on or need > min(self.budget, self.schedule.peak_bytes):
+            return
+        self._load(key, None, ahead=True)
+        self.ahead = (n, first)
+
+    def _drop_ahead(self, j: int | None) -> None:
+        """A block prefetched for a forward that is not the one starting (`j`) leaves the device unused."""
+        if self.ahead is not None and self.ahead[0] != j:
+            key = key_of(self.script[self.ahead[0]].component, self.ahead[1])
+            self.ahead = None
+            if key in self.on:
+                self._evict(key, PREFETCH_UNUSED)
 
     # -- moving ----------------------------------------------------------------------------------------------------
     def device_bytes(self) -> int:
@@ -524,6 +515,8 @@ class BlockResidency:
         else:
             weights.load(self.device, self.keep_host)
         self.on[key] = None
+        if self.started is not None:  # loaded within the call: only the pipeline can change it before it ends
+            self.clean.add(key)
         self.why[key] = reason
         self.trace.load(key, reason)
 
@@ -531,12 +524,23 @@ class BlockResidency:
         weights.load(self.device, self.keep_host)
         return [entry.tensor.data for entry in weights.kept]
 
-    def _evict(self, key: str, reason: str | None) -> None:
+    def _check(self, keys: list[str]) -> None:
+        """The checksums of `keys`' device copies compared in one synchronisation (changed ones are copied back when
+        they leave): for what something outside the pipeline can have changed since it was loaded or checked."""
+        for key in keys:
+            if key in self.events:
+                self.copier.wait(self.events.pop(key))
+        check([self.weights[key] for key in keys if key not in self.clean])
+
+    def _evict(self, key: str, reason: str | None, trusted: bool | None = None) -> None:
+        """`key` off the device: without a checksum comparison where it is `clean` (or `trusted`: just checked)."""
         if key in self.events:  # a copy still running on the side stream must finish before its memory goes
             self.copier.wait(self.events.pop(key))
         del self.on[key]
         self.why.pop(key, None)
-        evict(self.weights[key], self.device, self.trace, key, reason, self.copied_back)
+        trusted = key in self.clean if trusted is None else trusted
+        self.clean.discard(key)
+        evict(self.weights[key], self.device, self.trace, key, reason, self.copied_back, trusted)
 
     def _warn(self, name: str) -> None:
         if not self.warned:
@@ -552,21 +556,26 @@ class BlockResidency:
         """The call is over: the open forward ends, what the script does not keep into the next call leaves the
         device, and the trace closes the call."""
         self._close()
+        self._drop_ahead(None)
         for key in [k for k in self.outside if k in self.on]:
             self._evict(key, OUTSIDE)
         self.outside.clear()
         self._realign(self.end)
         self.started = None
+        self.clean = set()  # between calls anyone can change what stays: the next call's start checks it
         finish_call(self.trace, self.copied_back, now)
 
     def offload_all(self, reason: str | None) -> None:
         """Everything off the device (the exclusions too), in the trace's order; the next call starts as the
         script's first call does."""
         self.open = None
+        self.ahead = None
         self.outside.clear()
         self.parked |= self.fixed & self.on.keys()
-        for key in [k for k in self.sizes if k in self.on]:
-            self._evict(key, reason)
+        leaving = [k for k in self.sizes if k in self.on]
+        self._check(leaving)
+        for key in leaving:
+            self._evict(key, reason, trusted=True)
 
     def release(self) -> None:
         """Before the modules are given back: every block off the device, the pinned host copies back in pageable

@@ -17,7 +17,8 @@ from accelerate.hooks import add_hook_to_module
 from planner.budget import decide
 from planner.budget.blocks import BlockSchedule
 from planner.executor import compat, devices
-from planner.executor.blocks import BlockResidency, Partition, copier_for
+from planner.executor.blocks import BlockResidency, Partition
+from planner.executor.copiers import copier_for
 from planner.executor.hooks import BlockHook, BlockHookConfig, BudgetHook, BudgetHookConfig, key_of
 from planner.executor.installer import InstallContext
 from planner.executor.modules import connected_pipes, model_components

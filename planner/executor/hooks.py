@@ -6,10 +6,16 @@ Accelerate's hook slot, not diffusers' `HookRegistry`, because diffusers reads t
 execution device from `module._hf_hook.execution_device`, and `vae.decode`/`encode` reach an offload hook only
 through `_hf_hook.pre_forward` (`apply_forward_hook`); a registry hook would see neither, and the dependency floors'
 diffusers has no registry at all. Hooks are found by their class, never by a tag.
+
+Under `torch.compile` (a block compiled with `module.compile()`, diffusers' `compile_repeated_blocks`) the hooks run
+inside the compiled call: their `pre_forward`/`post_forward` are `torch.compiler.disable`d, as accelerate's own
+hooks are, so dynamo breaks the graph at the hook's boundary and runs the residency's bookkeeping eagerly instead of
+tracing (and recompiling on) it.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +23,19 @@ from accelerate.hooks import ModelHook
 from accelerate.utils import send_to_device
 
 from planner.executor import compat
+
+
+def eager(fn):
+    """`fn` run outside any compiled graph (`torch.compiler.disable`, applied on first call: importing dynamo at
+    import time costs seconds)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not hasattr(wrapper, "disabled"):
+            wrapper.disabled = torch.compiler.disable(fn)
+        return wrapper.disabled(*args, **kwargs)
+
+    return wrapper
 
 
 def key_of(component: str, block: str) -> str:
@@ -43,6 +62,7 @@ class BudgetHook(ModelHook):
     def execution_device(self) -> torch.device:
         return self.config.execution_device
 
+    @eager
     def pre_forward(self, module, *args, **kwargs):
         self.action(self.config.component)
         device = self.config.execution_device
@@ -78,10 +98,12 @@ class BlockHook(ModelHook):
     def execution_device(self) -> torch.device:
         return self.config.execution_device
 
+    @eager
     def pre_forward(self, module, *args, **kwargs):
         self.enter(self.config.component, self.config.block)
         return args, kwargs
 
+    @eager
     def post_forward(self, module, output):
         self.leave(self.config.component, self.config.block)
         return output

@@ -21,7 +21,7 @@ from planner.budget import components as schedules
 from planner.budget import decide, host, problems
 from planner.executor.modules import module_bytes
 from planner.executor.reasons import AFTER_OFFLOAD_ALL, MOVED, OFF_SCHEDULE, OWN_HOOK, SWAPPED, UNPREDICTED
-from planner.executor.weights import Weights, evict, finish_call
+from planner.executor.weights import Weights, check, evict, finish_call
 from planner.plan import PlanError
 from planner.rules import PLN411
 
@@ -91,6 +91,7 @@ class ComponentResidency:
         self.sizes: dict[str, int] = {}
         self.uses: tuple[str, ...] = ()
         self.resident: dict[str, None] = {}  # on the device now, least recently used first
+        self.clean: set[str] = set()  # resident and unchanged but by the pipeline since this call's start
         self.course = ScheduledCalls(None, self.fixed)
         self.aligned = True  # every call so far followed the schedule's call of the same number
         self.started: int | None = None  # the call whose course is chosen
@@ -110,7 +111,7 @@ class ComponentResidency:
         trace = self.trace
         for name in [n for n in self.weights if n not in modules or self.weights[n].module is not modules[n]]:
             if name in self.resident:
-                self._evict(name, SWAPPED)
+                self._evict(name, SWAPPED, trusted=self._check([name]))
             del self.weights[name]
         for name, module in modules.items():
             if name not in self.weights:
@@ -119,6 +120,7 @@ class ComponentResidency:
             elif name in self.resident and not self.weights[name].intact():
                 self.weights[name].forget()
                 del self.resident[name]
+                self.clean.discard(name)
                 trace.offload(name, MOVED)
         sizes = {name: module_bytes(module) for name, module in modules.items()}
         if sizes != self.sizes:
@@ -208,6 +210,8 @@ class ComponentResidency:
             self.aligned = False
         self.plan_now = [(step.component, step) for step in steps] if steps else [(name, None) for name in self.uses]
         self.started, self.cursor, self.used = call, 0, set()
+        self._check(list(self.resident))  # what stayed resident across the call boundary, in one synchronisation
+        self.clean = set(self.resident)
 
     def _expect(self, name: str) -> tuple[bool, schedules.Step | None]:
         """Whether `name` is the use the call expects next (repeats the pipeline skipped are passed over), and
@@ -276,11 +280,22 @@ class ComponentResidency:
     def _load(self, name: str, reason: str | None) -> None:
         self.weights[name].load(self.device, self.keep_host)
         self.resident[name] = None
+        if self.started is not None:  # loaded within the call: only the pipeline can change it before it ends
+            self.clean.add(name)
         self.trace.load(name, reason)
 
-    def _evict(self, name: str, reason: str | None) -> None:
+    def _check(self, names: list[str]) -> bool:
+        """The checksums of `names`' device copies compared in one synchronisation (changed ones are copied back
+        when they leave); True, so that their evictions may be trusted."""
+        check([self.weights[name] for name in names if name not in self.clean])
+        return True
+
+    def _evict(self, name: str, reason: str | None, trusted: bool | None = None) -> None:
+        """`name` off the device: without a checksum comparison where it is `clean` (or `trusted`: just checked)."""
         del self.resident[name]
-        evict(self.weights[name], self.device, self.trace, name, reason, self.copied_back)
+        trusted = name in self.clean if trusted is None else trusted
+        self.clean.discard(name)
+        evict(self.weights[name], self.device, self.trace, name, reason, self.copied_back, trusted)
 
     def end_call(self, now: float) -> None:
         """The call is over: components outside the plan leave the device (as diffusers' own hooks would), the
@@ -288,14 +303,17 @@ class ComponentResidency:
         for name in [n for n in self.resident if n not in self.planned and n not in self.fixed]:
             self._evict(name, OWN_HOOK)
         self.started = None
+        self.clean = set()  # between calls anyone can change what stays: the next call's start checks it
         finish_call(self.trace, self.copied_back, now)
 
     def offload_all(self, reason: str | None) -> None:
         """Everything off the device (the exclusions too), in component order; the next call starts from an
         empty device, as the schedule's first call does."""
         self.parked |= self.fixed & self.resident.keys()
-        for name in [n for n in self.sizes if n in self.resident]:
-            self._evict(name, reason)
+        leaving = [n for n in self.sizes if n in self.resident]
+        self._check(leaving)
+        for name in leaving:
+            self._evict(name, reason, trusted=True)
         self.aligned = False
 
     def release(self) -> None:

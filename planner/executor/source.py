@@ -21,7 +21,7 @@ from planner.rules import PLN304, PLN407, Rule
 
 # Plan keys a command-line flag can set: a problem with one of them is located at the flag when the flag set it.
 FLAGS = {"pipeline.source": "--source", "device": "--device", "gpu_id": "--gpu-id", "pipeline.torch_dtype": "--dtype",
-         "pipeline.variant": "--variant", "policy": "--policy", "budget": "--budget"}
+         "pipeline.variant": "--variant", "policy": "--policy", "budget": "--budget", "granularity": "--granularity"}
 MODEL_INDEX_LIMIT = 1 << 20  # a model_index.json holds a few hundred bytes; a file this large is not one
 
 

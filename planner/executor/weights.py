@@ -3,9 +3,12 @@ stay, as peft and optimisers hold them), and finding what changed on the device 
 
 With host copies kept, an eviction drops the device copy and copies nothing back, unless the tensor changed while
 resident: its version counter moved (an in-place op on the parameter), its data was replaced (`weight.data = ...`),
-or its bits differ (an integer checksum of its words, computed on the device at load and at eviction: peft's
+or its bits differ (an integer checksum of its words, computed on the device at load and compared later: peft's
 `fuse_lora` adds to `weight.data`, which no version counter sees). A changed tensor is copied back into its host
-copy.
+copy. The first two checks are free; the checksum comparison makes the host wait for the device, so the residency
+asks for it only where something outside the pipeline can have changed the weights (`check`: once per call for
+everything resident across the call boundary, batched); an eviction `trusted` by its caller (loaded within the
+call it leaves in, or checked since) compares no checksum.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class _Kept:
     version: int
     pointer: int
     fingerprint: torch.Tensor | None
+    dirty: bool = False  # a `check` found its bits changed: copied back when it leaves the device
 
 
 class Weights:
@@ -117,10 +121,12 @@ class Weights:
                               fingerprint(copy) if host is not None else None))
         self.kept = kept
 
-    def evict(self, device: torch.device) -> int:
-        """Every tensor back on the host; returns the bytes copied back (changed or without a host copy)."""
+    def evict(self, device: torch.device, trusted: bool = False) -> int:
+        """Every tensor back on the host; returns the bytes copied back (changed or without a host copy).
+        `trusted`: nothing but the pipeline can have changed the bits since the load or the last `check`, so
+        only the free checks run (version counter, replaced data)."""
         kept, self.kept = self.kept, []
-        changed = _changed(kept)
+        changed = _changed(kept, trusted)
         back = 0
         for entry, dirty in zip(kept, changed, strict=True):
             tensor, data = entry.tensor, entry.tensor.data
@@ -144,17 +150,19 @@ class Weights:
         return back
 
 
-def _changed(kept: list[_Kept]) -> list[bool]:
-    """Per kept tensor: whether it changed since its load (version counter, replaced data, or checksum), checked
-    with one device synchronisation for all of them."""
-    result = [True] * len(kept)
+def _suspect(entry: _Kept) -> bool:
+    """Changed by what the free checks see, or already found changed (or never fingerprinted)."""
+    return entry.host is None or entry.fingerprint is None or entry.dirty \
+        or compat.version_of(entry.tensor) != entry.version or entry.tensor.data_ptr() != entry.pointer
+
+
+def _differ(entries: list[_Kept]) -> list[bool]:
+    """Per entry: whether its bits differ from its fingerprint at load (True where they cannot be read), with one
+    device synchronisation for all of them, none for no entry."""
+    result = [True] * len(entries)
     indexes, before, after = [], [], []
-    for i, entry in enumerate(kept):
-        tensor = entry.tensor
-        if entry.host is None or entry.fingerprint is None or compat.version_of(tensor) != entry.version \
-                or tensor.data_ptr() != entry.pointer:
-            continue
-        now = fingerprint(tensor.data)
+    for i, entry in enumerate(entries):
+        now = fingerprint(entry.tensor.data)
         if now is not None:
             indexes.append(i)
             before.append(entry.fingerprint)
@@ -166,11 +174,33 @@ def _changed(kept: list[_Kept]) -> list[bool]:
     return result
 
 
+def _changed(kept: list[_Kept], trusted: bool = False) -> list[bool]:
+    """Per kept tensor: whether it changed since its load (version counter, replaced data, a `check`'s finding,
+    or, unless `trusted`, its checksum: one device synchronisation for all of them)."""
+    result = [_suspect(entry) for entry in kept]
+    if trusted:
+        return result
+    indexes = [i for i, suspect in enumerate(result) if not suspect]
+    for i, differs in zip(indexes, _differ([kept[i] for i in indexes]), strict=True):
+        result[i] = differs
+    return result
+
+
+def check(found: list[Weights]) -> None:
+    """Compare the checksums of every device copy in `found` with those taken at their load, in one device
+    synchronisation (none when there is nothing to compare): the changed ones are marked, and copied back when
+    they leave the device. After it, their evictions may be `trusted` until something else can change them."""
+    entries = [entry for weights in found for entry in weights.kept if not _suspect(entry)]
+    for entry, differs in zip(entries, _differ(entries), strict=True):
+        entry.dirty = entry.dirty or differs
+
+
 def evict(weights: Weights, device: torch.device, trace, key: str, reason: str | None,
-          copied_back: dict[int, int]) -> None:
+          copied_back: dict[int, int], trusted: bool = False) -> None:
     """`weights` leave the device; what changed there is copied back to the host (its bytes added to
-    `copied_back` for the trace's call, and said in the offload's reason), and the trace records the offload."""
-    back = weights.evict(device)
+    `copied_back` for the trace's call, and said in the offload's reason), and the trace records the offload.
+    `trusted`: see `Weights.evict`."""
+    back = weights.evict(device, trusted)
     if back:
         call = trace.call
         copied_back[call] = copied_back.get(call, 0) + back

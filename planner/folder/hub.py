@@ -1,6 +1,11 @@
 """A hub repo read through huggingface_hub, as `planner.folder.pipeline` reads it: its file list, small JSON files and
 the headers of its weights (range requests of the first bytes of each file): no weights are downloaded. Offline, or
 with the hub unreachable, one PLN408 problem says so.
+
+The folder's bounds hold here too (`planner.folder.bounds`): the JSON files count against MAX_FOLDER_BYTES, the
+headers' tensors against MAX_TENSORS, and the headers are fetched eight at a time, none after a bound is met.
+huggingface_hub bounds each header itself (SAFETENSORS_MAX_HEADER_LENGTH, 25 MB) and does not say how long it was,
+so the headers' bytes are not counted.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from planner.folder.bounds import PAST_A_BOUND, Budget, Past, cut
 from planner.folder.files import read_json
 from planner.folder.pipeline import read_pipeline
 from planner.folder.safetensors import header_entries
@@ -50,6 +56,7 @@ class _Hub:
         self.repo_id, self.revision, self.endpoint = repo_id, revision, endpoint.rstrip("/")
         self.api = HfApi(endpoint=self.endpoint)
         self.files: set[str] = set()
+        self.budget = Budget()
 
     def where(self, rel: str) -> str:
         return f"{self.repo_id}/{rel}"
@@ -68,6 +75,10 @@ class _Hub:
         found = {f[len(prefix):] for f in self.files if f.startswith(prefix) and "/" not in f[len(prefix):]}
         return found or None
 
+    def what(self, rel: str) -> str | None:
+        """Nothing but files is in a repo's file list: what is not listed is missing."""
+        return None
+
     def json(self, rel: str, rule: Rule) -> tuple[object, Problem | None]:
         """As `Folder.json`, the file downloaded (and cached) by hf_hub_download; a download that fails is a
         hub problem (PLN408), not a `rule` one."""
@@ -77,28 +88,49 @@ class _Hub:
             path = hf_hub_download(self.repo_id, rel, revision=self.revision, endpoint=self.endpoint)
         except Exception as exc:  # noqa: BLE001 - see list_files
             return None, self._failure(exc, self.where(rel))
-        doc, why = read_json(Path(path))
+        doc, why = read_json(Path(path), self.budget)
+        if isinstance(why, Past):
+            return None, self.budget.note(rule.problem(self.where(rel), why, PAST_A_BOUND))
         return doc, rule.problem(self.where(rel), why) if why else None
 
     def headers(self, rels: list[str]) -> list:
+        """Each header's (tensors, problem), fetched eight at a time and checked in order; None for those not
+        fetched once a bound is met."""
         from concurrent.futures import ThreadPoolExecutor
 
+        found = []
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(self._header, rels))
+            for start in range(0, len(rels), 8):
+                batch = rels[start:start + 8]
+                if self.budget.spent:
+                    found += [None] * (len(rels) - start)
+                    break
+                found += [None if self.budget.spent else self._entries(rel, got)
+                          for rel, got in zip(batch, pool.map(self._fetch, batch), strict=True)]
+        return found
 
-    def _header(self, rel: str) -> tuple[tuple[Tensor, ...], Problem | None]:
+    def _fetch(self, rel: str):
+        """The parsed header of `rel` (huggingface_hub's), or the problem of fetching it."""
         from huggingface_hub.errors import SafetensorsParsingError
 
-        where = self.where(rel)
         try:
-            meta = self.api.parse_safetensors_file_metadata(self.repo_id, rel, revision=self.revision)
+            return self.api.parse_safetensors_file_metadata(self.repo_id, rel, revision=self.revision)
         except SafetensorsParsingError as exc:
-            return (), PLN404.problem(where, f"not a valid safetensors header: {exc}")
+            return PLN404.problem(self.where(rel), f"not a valid safetensors header: {cut(str(exc))}")
         except Exception as exc:  # noqa: BLE001 - see list_files
-            return (), self._failure(exc, where)
+            return self._failure(exc, self.where(rel))
+
+    def _entries(self, rel: str, meta) -> tuple[tuple[Tensor, ...], Problem | None]:
+        """The tensors of a fetched header, checked as a local one is, its tensors counted against the budget."""
+        if isinstance(meta, Problem):
+            return (), meta
+        where = self.where(rel)
         header = {name: {"dtype": t.dtype, "shape": t.shape, "data_offsets": list(t.data_offsets)}
-                  for name, t in meta.tensors.items()}
-        tensors, _, why = header_entries({**header, "__metadata__": meta.metadata or {}})
+                  for name, t in meta.tensors.items()} if len(meta.tensors) <= self.budget.tensors else meta.tensors
+        tensors, _, why = header_entries({**header, "__metadata__": meta.metadata or {}}, self.budget.tensors)
+        if isinstance(why, Past):
+            return (), self.budget.note(PLN404.problem(where, f"refused: {why}", PAST_A_BOUND))
+        self.budget.tensors -= len(tensors)
         return tensors, PLN404.problem(where, f"not a valid safetensors header: {why}") if why else None
 
     def _failure(self, exc: Exception, where: str) -> Problem:

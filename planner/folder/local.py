@@ -1,12 +1,19 @@
-"""A pipeline folder on disk, as `planner.folder.pipeline` reads it: its component folders' listings (links followed,
-as in the hub cache), its small JSON files and its safetensors headers."""
+"""A pipeline folder on disk, as `planner.folder.pipeline` reads it: its component folders' listings, its small JSON
+files and its safetensors headers, one by one within the folder's `Budget`, and what stands where a file was
+expected when it is not one (`what`).
+
+Links are followed wherever they lead, out of the folder too (the hub cache's snapshots link into `blobs/`): a
+component folder that is a link is listed, a file that is a link is read as its target. Only the folders that
+model_index.json names are listed, one level each: nothing is walked, so a link loop costs one failed listing.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from planner.folder.files import read_json
+from planner.folder.bounds import PAST_A_BOUND, Budget, Past
+from planner.folder.files import describe, read_json
 from planner.folder.pipeline import has_variant_files, pipeline_index
 from planner.folder.safetensors import read_header
 from planner.plan import Problem
@@ -14,10 +21,11 @@ from planner.rules import Rule
 
 
 class Folder:
-    """A pipeline folder on disk: what `read_pipeline` lists and reads."""
+    """A pipeline folder on disk: what `read_pipeline` lists and reads, within one `budget` per folder read."""
 
     def __init__(self, root: Path):
         self.root = root
+        self.budget = Budget()
 
     def where(self, rel: str) -> str:
         return str(self.root / rel)
@@ -30,13 +38,20 @@ class Folder:
         except OSError:
             return None
 
+    def what(self, rel: str) -> str | None:
+        """What is at `rel`, in words (`planner.folder.files.describe`), or None when nothing is there."""
+        return describe(self.root / rel)
+
     def json(self, rel: str, rule: Rule) -> tuple[object, Problem | None]:
         """(document, None) of a small JSON file, or (None, a `rule` problem saying why it cannot be used)."""
-        doc, why = read_json(self.root / rel)
+        doc, why = read_json(self.root / rel, self.budget)
+        if isinstance(why, Past):
+            return None, self.budget.note(rule.problem(self.where(rel), why, PAST_A_BOUND))
         return doc, rule.problem(self.where(rel), why) if why else None
 
     def headers(self, rels: list[str]) -> list:
-        return [read_header(self.root / rel) for rel in rels]
+        """Each header's (tensors, problem), read one by one; None for those not read once a bound is met."""
+        return [None if self.budget.spent else read_header(self.root / rel, self.budget) for rel in rels]
 
 
 def _regular(entry: os.DirEntry) -> bool:

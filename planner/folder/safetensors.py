@@ -1,62 +1,90 @@
-"""The safetensors header parser: the tensors a file holds, from its header alone, checked as safetensors checks them.
+"""The safetensors header parser: the tensors a file holds, from its header alone, checked as safetensors checks them,
+within the folder's bounds (`planner.folder.bounds`: the header's bytes and its tensors count against the folder's).
 
-Raises nothing for a bad file: each function returns the tensors and the first problem (PLN404 a damaged header,
-PLN405 a truncated or oversized file, or a Git LFS pointer).
+Raises nothing for a bad file: each function returns the tensors and the first problem (PLN404 a damaged header or
+one past a bound, PLN405 a truncated or oversized file, or a Git LFS pointer).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 
-from planner.folder.files import open_regular
+from planner.folder import bounds
+from planner.folder.bounds import MAX_HEADER_BYTES, PAST_A_BOUND, Budget, Past, cut, shown
+from planner.folder.files import open_regular, unreadable
 from planner.folder.sizes import DTYPE_BITS, Tensor
 from planner.plan import Problem
 from planner.rules import PLN404, PLN405
 
-# safetensors' own bound on a header (MAX_HEADER_SIZE in its reader): a larger length is not a safetensors file.
-MAX_HEADER_BYTES = 100_000_000
+__all__ = ["MAX_FILE_BYTES", "MAX_HEADER_BYTES", "header_entries", "parse_header", "read_header"]
+
+# The largest file a system can hold (off_t): a tensor ending past it is a damaged header, not a truncated download.
+MAX_FILE_BYTES = 2**63 - 1
+# safetensors reads shapes and offsets as 64-bit unsigned integers: a larger one is no safetensors header.
+_MAX_U64 = 2**64 - 1
 
 
 _LFS_POINTER = b"version "  # a Git LFS pointer file starts "version https://git-lfs.github.com/spec/v1"
 
 
-def read_header(path: str | os.PathLike) -> tuple[tuple[Tensor, ...], Problem | None]:
+def read_header(path: str | os.PathLike, budget: Budget | None = None) -> tuple[tuple[Tensor, ...], Problem | None]:
     """The tensors of the safetensors file at `path`, from its header alone (at most 8 + MAX_HEADER_BYTES bytes
-    read), and the first problem found: unreadable, a header that is not valid, or a file length that disagrees
-    with the header (the bytes missing or extra are named). No tensors when there is a problem."""
+    read, and no more than is left of the folder's `budget`), and the first problem found: unreadable, a header
+    that is not valid or is past a bound, or a file length that disagrees with the header (the bytes missing or
+    extra are named). No tensors when there is a problem."""
+    budget = Budget() if budget is None else budget
     where = os.fsdecode(path)
     try:
         f, size = open_regular(where)
         with f:
             prefix = f.read(8)
-            found = _prefix_problem(prefix, size, where)
+            found = _prefix_problem(prefix, size, where) or _past(budget, prefix, where)
             raw = b"" if found else f.read(struct.unpack("<Q", prefix)[0])
     except OSError as exc:
-        return (), PLN404.problem(where, f"cannot read it: {exc.strerror or exc}", "check the file and its "
+        return (), PLN404.problem(where, f"cannot read it: {unreadable(where, exc)}", "check the file and its "
                                   "permissions")
     if found:
         return (), found
     if len(raw) != struct.unpack("<Q", prefix)[0]:  # it shrank while read
         return (), _prefix_problem(prefix, 8 + len(raw), where)
-    return parse_header(raw, where, size)
+    return parse_header(raw, where, size, budget)
 
 
-def parse_header(raw: bytes, where: str, size: int | None = None) -> tuple[tuple[Tensor, ...], Problem | None]:
+def parse_header(raw: bytes, where: str, size: int | None = None,
+                 budget: Budget | None = None) -> tuple[tuple[Tensor, ...], Problem | None]:
     """The tensors a safetensors header (the JSON after the 8-byte length) describes, checked as safetensors
     checks them: a UTF-8 JSON object (a name given twice keeps its last entry), known dtypes, shapes and offsets
-    of non-negative integers, each tensor's bytes matching its shape, tensors packed end to end from 0. With the
-    file's `size`, also that the file ends where the last tensor does."""
+    of non-negative integers, each tensor's bytes matching its shape, tensors packed end to end from 0; no more JSON
+    values (counted before decoding) and tensors (counted before any is built) than are left of the folder's
+    `budget` (a fresh one for a header alone; past it nothing more is read). With the file's `size`, also that the
+    file ends where the last tensor does."""
+    budget = Budget() if budget is None else budget
+    past = budget.decode(raw, "its header")
+    if past:
+        return (), budget.note(PLN404.problem(where, f"refused: {past}", PAST_A_BOUND))
     header, why = _decode(raw)
-    tensors, end, why = ((), 0, why) if why else header_entries(header)
+    tensors, end, why = ((), 0, why) if why else header_entries(header, budget.tensors)
+    if isinstance(why, Past):
+        return (), budget.note(PLN404.problem(where, f"refused: {why}", PAST_A_BOUND))
     if why:
         return (), PLN404.problem(where, f"not a valid safetensors header: {why}")
+    budget.tensors -= len(tensors)
     declared = 8 + len(raw) + end
+    if declared > MAX_FILE_BYTES:
+        return (), PLN404.problem(where, f"not a valid safetensors header: its tensors end at byte {declared:,}, "
+                                  f"beyond any file ({MAX_FILE_BYTES:,} bytes at most)")
     if size is not None and size != declared:
         return (), _length_problem(where, size, declared)
     return tensors, None
+
+
+def _past(budget: Budget, prefix: bytes, where: str) -> Problem | None:
+    """The problem of a header (its length field checked already) that the folder's budget cannot take, else None:
+    the bytes taken are the 8-byte length and the header."""
+    why = budget.take(8 + struct.unpack("<Q", prefix)[0], "its header")
+    return budget.note(PLN404.problem(where, f"not read: {why}", PAST_A_BOUND)) if why else None
 
 
 def _prefix_problem(prefix: bytes, size: int, where: str) -> Problem | None:
@@ -99,8 +127,22 @@ def _decode(raw: bytes) -> tuple[dict | None, str | None]:
         return None, f"not JSON ({exc})"
 
 
-def header_entries(header: dict) -> tuple[tuple[Tensor, ...], int, str | None]:
-    """(tensors, end of the last one, None) of a decoded header, or ((), 0, why it is not valid)."""
+def _the_bound(tensors: int) -> str:
+    """The tensor bound, for a header that `tensors` are left for."""
+    before = bounds.MAX_TENSORS - tensors
+    if before:
+        return (f"the {tensors:,} left of the {bounds.MAX_TENSORS:,} read from one model folder's headers together "
+                f"({before:,} in the headers read before it)")
+    return f"the {bounds.MAX_TENSORS:,} read from one model folder's headers (a real model has a few thousand)"
+
+
+def header_entries(header: dict, limit: int | None = None) -> tuple[tuple[Tensor, ...], int, str | None]:
+    """(tensors, end of the last one, None) of a decoded header, or ((), 0, why it is not valid); more than `limit`
+    tensors (MAX_TENSORS by default) are refused before any is built."""
+    limit = bounds.MAX_TENSORS if limit is None else limit
+    count = len(header) - ("__metadata__" in header)
+    if count > limit:
+        return (), 0, Past(f"it declares {count:,} tensors, more than {_the_bound(limit)}: nothing more is read")
     tensors, spans = [], []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -116,8 +158,8 @@ def header_entries(header: dict) -> tuple[tuple[Tensor, ...], int, str | None]:
     end = 0
     for begin, stop, name in spans:
         if begin != end:
-            return (), 0, (f"tensor {name!r} starts at byte {begin:,} of the data where {end:,} was expected: "
-                           "tensors overlap or leave a gap")
+            return (), 0, (f"tensor {shown(name)} starts at byte {begin:,} of the data where {end:,} was "
+                           "expected: tensors overlap or leave a gap")
         end = stop
     return tuple(tensors), end, None
 
@@ -130,34 +172,49 @@ def _entry(name: str, entry) -> tuple[Tensor, int] | None:
         bits = DTYPE_BITS[dtype]
     except (TypeError, KeyError, ValueError):
         return None
-    if type(shape) is not list or type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+    if type(shape) is not list or type(begin) is not int or type(end) is not int or not 0 <= begin <= end or \
+            end > MAX_FILE_BYTES:
         return None
-    numel = 1
-    for d in shape:
-        if type(d) is not int or d < 0:
-            return None
-        numel *= d
-    if numel * bits != (end - begin) * 8:
+    numel = _numel(shape, (end - begin) * 8)
+    if numel is None or numel * bits != (end - begin) * 8:
         return None
     return Tensor(name, dtype, tuple(shape), end - begin), begin
 
 
+def _numel(shape: list, cap: int) -> int | None:
+    """The elements of `shape`, or None when it is not a list of integers from 0 to 2**64 - 1 (safetensors'
+    usize); a product past `cap` stops growing (it can only grow, or drop to 0), so an absurd shape costs no
+    huge multiplication."""
+    numel = 1
+    for d in shape:
+        if type(d) is not int or not 0 <= d <= _MAX_U64:
+            return None
+        if numel <= cap or d == 0:
+            numel *= d
+    return numel
+
+
 def _entry_problem(name: str, entry) -> str:
     """Why an entry that `_entry` refused is not valid."""
+    tensor = f"tensor {shown(name)}"
     if not isinstance(entry, dict):
-        return f"tensor {name!r} is not described by an object"
+        return f"{tensor} is not described by an object"
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        return f"tensor {name!r} has the unknown dtype {str(dtype)[:40]!r} (known: {', '.join(DTYPE_BITS)})"
-    if not _naturals(shape):
-        return f"tensor {name!r} has a shape that is not a list of non-negative integers"
+        if isinstance(dtype, str) and dtype.upper() in DTYPE_BITS:
+            return f"{tensor} has the unknown dtype {shown(dtype)} (did you mean {dtype.upper()!r}?)"
+        return f"{tensor} has the unknown dtype {shown(dtype)} (known: {', '.join(DTYPE_BITS)})"
+    if type(shape) is not list or _numel(shape, 0) is None:
+        return f"{tensor} has a shape that is not a list of integers from 0 to 2**64 - 1"
     if not _naturals(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-        return f"tensor {name!r} has data_offsets that are not [begin, end] with 0 <= begin <= end"
-    bits = math.prod(shape) * DTYPE_BITS[dtype]
+        return f"{tensor} has data_offsets that are not [begin, end] with 0 <= begin <= end"
+    if offsets[1] > MAX_FILE_BYTES:
+        return f"{tensor} has data_offsets ending past byte {MAX_FILE_BYTES:,}, beyond any file"
     span = offsets[1] - offsets[0]
-    needs = f"{bits // 8:,}" if bits < 1 << 80 else "more than 2**77"  # a shape can be absurd: never a float here
-    shown = str(shape) if len(str(shape)) <= 80 else str(shape)[:77] + "..."
-    return f"tensor {name!r} ({dtype} {shown}) needs {needs} bytes, its data_offsets span {span:,}"
+    numel = _numel(shape, span * 8)
+    bits = numel * DTYPE_BITS[dtype]
+    needs = f"{bits // 8:,}" if numel <= span * 8 else f"more than {span:,}"
+    return f"{tensor} ({dtype} {cut(str(shape))}) needs {needs} bytes, its data_offsets span {span:,}"
 
 
 def _naturals(value) -> bool:

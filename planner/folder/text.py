@@ -1,8 +1,11 @@
-"""`planner inspect`'s table of a pipeline read from its folder."""
+"""`planner inspect`'s table of a pipeline read from its folder. Its lines are bounded as the problems are
+(`planner.folder.bounds`): one row per model component (at most MAX_COMPONENTS), names of at most MAX_NAME_CHARS, and
+the lines of components without weights, not read and absent show LISTED names, then how many there are."""
 
 from __future__ import annotations
 
 from planner.blocknames import REST
+from planner.folder.bounds import listed
 from planner.folder.sizes import ModelSizes, human
 
 
@@ -26,9 +29,9 @@ def render_text(sizes: ModelSizes) -> str:
                                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
                            for row in rows]
     if sizes.others:
-        lines.append("without weights: " + ", ".join(f"{n} ({cls})" for n, (_, cls) in sizes.others.items()))
+        lines.append("without weights: " + listed([f"{n} ({cls})" for n, (_, cls) in sizes.others.items()]))
     if sizes.unread:
-        lines.append("not read (see the problems): " + ", ".join(sizes.unread))
+        lines.append("not read (see the problems): " + listed(sizes.unread))
     if sizes.absent:
-        lines.append("absent: " + ", ".join(sizes.absent))
+        lines.append("absent: " + listed(sizes.absent))
     return "\n".join(lines) + "\n"

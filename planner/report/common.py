@@ -79,6 +79,18 @@ def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def clip_middle(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters by leaving out its middle, marked `...`: a name keeps its beginning and its
+    end (`down_blocks.0...attn.to_q.weight`, `'unet...x'` with both quotes), where what it is and what it ends
+    with are. `limit` below 5 cuts the end alone."""
+    if len(text) <= limit:
+        return text
+    if limit < 5:
+        return text[:limit]
+    kept = limit - 3
+    return f"{text[:(kept + 1) // 2]}...{text[len(text) - kept // 2:]}"
+
+
 def severity(problem: Problem) -> str:
     """The problem's severity as one of SEVERITIES; anything unknown counts as an error (fail safe)."""
     value = str(problem.severity).lower()

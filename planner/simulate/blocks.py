@@ -88,7 +88,7 @@ class BlockSimulation:
     pinning: host.Pinning
     host_memory: host.HostMemory | None
     bandwidth: tuple[float, float]  # pinned, pageable (bytes per second)
-    block_seconds: float
+    block_seconds: float | timing.BlockTimes  # one figure for every block, or per block kind
     whole_too_small: str = ""
     sizes: Mapping[str, int] = field(default_factory=dict)  # each used component's bytes
     nesting: Nesting | None = None  # the blocks ours split for the budget (None: none)
@@ -114,7 +114,8 @@ class BlockSimulation:
                              for name, row in self.rows.items()},
                 "component_does_not_fit": self.whole_too_small or None,
                 "bandwidth_bytes_per_s": {"pinned": self.bandwidth[0], "pageable": self.bandwidth[1]},
-                "block_seconds": self.block_seconds,
+                **({"block_seconds": self.block_seconds} if isinstance(self.block_seconds, (int, float)) else
+                   {"block_seconds": None, "block_ms": self.block_seconds.to_json()}),
                 "host": {**self.pinning.to_json(),
                          "memory": self.host_memory.to_json() if self.host_memory is not None else None},
                 "blocks": self.ours.to_json()["blocks"],
@@ -122,7 +123,8 @@ class BlockSimulation:
 
 
 def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budget: int, *, steps: int | None = None,
-             prefetch: bool | None = None, bandwidth: tuple[float, float] | None = None, block_seconds: float = 0.0,
+             prefetch: bool | None = None, bandwidth: tuple[float, float] | None = None,
+             block_seconds: float | timing.BlockTimes = 0.0,
              spare: int | None = None, host_memory: host.HostMemory | None = None, budget_flag: str | None = None,
              time_limit: float = TIME_LIMIT, pieces: Pieces | None = None) -> BlockSimulation:
     """Every policy on `plan`'s steady call (see the module's docstring). `spare` is the host memory pinning may
@@ -155,7 +157,8 @@ def simulate(plan: Plan, component_blocks: Mapping[str, Mapping[str, int]], budg
 
     def timed(found: BlockSchedule, keys: frozenset) -> Timing:
         return timing.timing(found, pinned=keys, pinned_bandwidth=pinned_bandwidth,
-                             pageable_bandwidth=pageable_bandwidth, block_seconds=block_seconds)
+                             pageable_bandwidth=pageable_bandwidth,
+                             block_seconds=timing.regrouped(block_seconds, model, found.model))
 
     rows = {OURS: _row(OURS, ours, timed(ours, pinned))}
     whole_too_small = ""
@@ -234,6 +237,26 @@ def _table(result: BlockSimulation) -> list[str]:
     return aligned(rows)
 
 
+def _exposed_notes(result: BlockSimulation) -> list[str]:
+    """Where each timed policy's exposed seconds accrue: per component (the most first), its seconds, its main
+    reason, the forward where the most accrued."""
+    lines = []
+    for name in POLICIES:
+        row = result.rows.get(name)
+        if row is None or row.timing is None or not row.timing.exposure:
+            continue
+        parts = []
+        for e in row.timing.exposure[:3]:
+            index, use, step, seconds = e.worst
+            reason = e.main_reason()
+            share = e.by_reason.get(reason, 0.0) / e.total if e.total else 0.0
+            parts.append(f"{e.component} {e.total:.3f} s ({share:.0%} {reason}; most at use {use} step {step}: "
+                         f"{seconds:.3f} s)")
+        more = len(row.timing.exposure) - 3
+        lines.append(f"exposed, {name}: " + "; ".join(parts) + (f"; {more} more" if more > 0 else "") + ".")
+    return lines
+
+
 def _notes(result: BlockSimulation) -> list[str]:
     ours, model = result.ours, result.model
     moved = [key for key in model.keys if ours.loads(key)]
@@ -253,9 +276,13 @@ def _notes(result: BlockSimulation) -> list[str]:
     else:
         notes.append(f"ours is not proven optimal: {ours.note}.")
     pinned, pageable = result.bandwidth
+    per = result.block_seconds
+    compute = (f"{per * 1e3:g} ms of compute per block (--block-ms)" if isinstance(per, (int, float)) else
+               f"compute per block kind (--block-ms): {per.describe()}")
     notes.append(f"time model: {pinned / 1e9:g} GB/s from pinned, {pageable / 1e9:g} GB/s from pageable host memory "
-                 f"(--bandwidth), {result.block_seconds * 1e3:g} ms of compute per block (--block-ms); exposed is "
-                 "the transfer time compute does not hide. The peers pin every host copy.")
+                 f"(--bandwidth), {compute}; exposed is the transfer time compute does not hide. The peers pin "
+                 "every host copy.")
+    notes += _exposed_notes(result)
     pin = result.pinning
     notes.append(f"host: the host copies hold {human(pin.host_bytes)}; {pin.note}.")
     return notes
