@@ -362,21 +362,45 @@ def test_exclusions_stay_resident_and_count_in_the_first_call(tiny_builds, tmp_p
 
 
 # -- refusals change nothing; remove restores -------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_below_the_first_levels_least_the_blocks_nest_and_the_trace_and_images_still_agree(kind, tiny_builds,
+                                                                                         tmp_path, fired,
+                                                                                         device_probe):
+    pipe, components, uses, steps = probed(kind, tiny_builds, tmp_path, fired)
+    expected = pipe(**call_kwargs(kind, steps)).images
+    least, _ = budgets(pipe, write_plan(tmp_path, components, 1, uses=uses, steps=steps, name="size.yaml"))
+    budget = least * 3 // 4  # the first repeated level cannot run here: pieces inside blocks must
+    applied = planner.apply(pipe, write_plan(tmp_path, components, budget, uses=uses, steps=steps), dry_run=True)
+    measured = device_probe(pipe)
+    schedule = applied.schedule
+    assert any(b.count(".") > 1 for _, b in schedule.model.keys)  # nested pieces (`down_blocks.1.attentions.0`)
+    for _ in range(3):
+        out = applied(**call_kwargs(kind, steps)).images
+        assert (out == expected).all()
+    trace = applied.trace
+    assert trace.calls[1].loaded_bytes == schedule.first_call_bytes
+    assert trace.calls[2].loaded_bytes == trace.calls[3].loaded_bytes == schedule.h2d_bytes
+    assert all(e.reason is None for e in trace.events)
+    assert max(s.peak_resident_bytes for s in trace.calls.values()) <= schedule.peak_bytes <= budget
+    assert measured and max(measured) <= budget
+    applied.remove()
+
+
 def test_a_budget_below_the_least_block_budget_is_pln307_and_changes_nothing(tiny_builds, tmp_path):
     pipe = load(tiny_builds["sd"])
     pipe(**call_kwargs("sd"))  # transformers' first-call hooks, so that `attributes` compares like with like
     components = ["text_encoder", "unet", "vae"]
-    least, _ = budgets(pipe, write_plan(tmp_path, components, 1, steps=2, name="size.yaml"))
-    plan = write_plan(tmp_path, components, least - 1, steps=2)
+    plan = write_plan(tmp_path, components, 1024, steps=2)  # below its largest piece split no further
     before, pipe_before = attributes(pipe), state(pipe)
     with pytest.raises(PlanError) as info:
         planner.apply(pipe, plan, dry_run=True)
     problem, = info.value.problems
     assert problem.rule == "PLN307" and (problem.line, problem.column) == plan.locations["budget"] != (0, 0)
-    assert f"at least {least} bytes" in problem.fix and "block by block" in problem.message
+    assert "block by block" in problem.message and "split no further" in problem.message
+    least = int(problem.fix.split("at least ")[1].split(" bytes")[0])
     assert attributes(pipe) == before and state(pipe) == pipe_before
     assert planner.apply(pipe, write_plan(tmp_path, components, least, steps=2, name="ok.yaml"),
-                         dry_run=True).schedule is not None  # one byte more is enough
+                         dry_run=True).schedule is not None  # the least it names is enough
 
 
 def test_pin_true_beyond_what_the_host_can_spare_is_pln411_and_changes_nothing(tiny_builds, tmp_path, monkeypatch):
@@ -515,9 +539,9 @@ def test_planner_apply_prints_the_block_plan_and_the_hosts_side(tiny_builds, tmp
         "pinned (a dry run" in out[2]
     table = out[out.index(f"{'component':<20}{'size':>12}") + 1:][:3]
     assert [line.split()[0] for line in table] == ["text_encoder", "unet", "vae"]  # blocks summed per component
-    assert main([*argv, "--budget", str(least - 1)]) == 1
+    assert main([*argv, "--budget", "1024"]) == 1  # below the largest piece split no further
     err = capsys.readouterr().err
-    assert err.startswith("--budget: PLN307 ") and "at least" in err and f"({least} bytes)" in err
+    assert err.startswith("--budget: PLN307 ") and "at least" in err and "split no further" in err
 
 
 # -- the side stream -----------------------------------------------------------------------------------------------
