@@ -18,7 +18,7 @@ from typing import Mapping
 from planner import loader, planfile, units
 from planner.loader import Document
 from planner.plan import Plan, PlanError, Problem
-from planner.rules import device, graph, pipeline, policy, schema
+from planner.rules import PLN000, device, graph, pipeline, policy, schema
 from planner.rules.context import Context
 
 
@@ -49,7 +49,8 @@ def load_text(text: str, path: str = "<planner.apply>", overrides: Mapping[str, 
     """The `Plan` in the YAML `text`, read and checked as a file would be: its problems located at `path` (a pseudo
     path such as `<planner.apply>`), lines and columns in `text`; raises `PlanError` when any is an error."""
     if len(text.encode("utf-8")) > planfile.MAX_PLAN_BYTES:
-        raise PlanError([Problem(path, 0, 0, "PLN000", f"the plan text is over {planfile.MAX_PLAN_BYTES} bytes")])
+        raise PlanError([PLN000.problem(path, f"the plan text is over {planfile.MAX_PLAN_BYTES} bytes",
+                                        "a plan is a few hundred bytes: check what was passed")])
     plan, problems = check_document(loader.load(text.encode("utf-8"), path), overrides)
     if plan is None:
         raise PlanError(problems)
