@@ -7,6 +7,7 @@ for whoever asks (`problems.Asker`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Mapping
 
@@ -181,11 +182,7 @@ def decide(plan: Plan, sizes: Mapping[str, int] | Mapping[str, Mapping[str, int]
     uses = [name for name in plan.call_order if name in sizes]
     schedule = components.optimal(uses, sizes, budget, calls or HORIZON, resident=plan.exclude,
                                   keep_host_copy=plan.keep_host_copy, device=device)
-    last = schedule.calls
-    loads: dict[str, int] = {}
-    for event in schedule.events:
-        if event.event == "load" and event.call == last:
-            loads[event.component] = loads.get(event.component, 0) + 1
+    loads = Counter(e.component for e in schedule.events if e.event == "load" and e.call == schedule.calls)
     moved = {name: (size, loads.get(name, 0)) for name, size in sizes.items() if name not in plan.exclude}
     return Decision(plan, sizes, budget, schedule, _pinning(plan, moved, asker, host_memory))
 

@@ -47,8 +47,9 @@ class Follower:
                 self.learned.append(incoming)
         if changed:
             self.schedule = None
-        victims = list(self._planned(incoming, frozenset(resident)) or ())
-        if victims or self._was_planned:
+        planned = self._planned(incoming, frozenset(resident))
+        victims = list(planned or ())
+        if planned is not None:
             self.planned += 1
         held = sum(s for n, s in resident.items() if n not in victims) + size
         if held > self.budget:
@@ -58,8 +59,6 @@ class Follower:
         return answer
 
     # -- the schedule --------------------------------------------------------------------------------------------
-    _was_planned = False
-
     def _steps(self) -> tuple[components.Step, ...] | None:
         if self.order is None or any(n not in self.sizes for n in self.order):
             return None
@@ -75,7 +74,6 @@ class Follower:
 
     def _planned(self, incoming: str, resident: frozenset[str]) -> tuple[str, ...] | None:
         """The schedule's evictions for this load when it predicted it from this residency, else None."""
-        self._was_planned = False
         steps = self._steps()
         if not steps:
             return None
@@ -86,7 +84,6 @@ class Follower:
             before = frozenset(steps[i - 1].resident) - self.fixed if i else frozenset()
             if step.component == incoming and incoming in step.loaded and before == state:
                 self.cursor = i + 1 if i + 1 < len(steps) else second
-                self._was_planned = True
                 return step.evicted
         return None
 
